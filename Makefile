@@ -1,0 +1,31 @@
+# `make train` runs the main job on SynthCue; `make test` runs the suite. Each creates .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdirs/main
+TRAIN_CONFIG ?= configs/demo/tiny.py
+TRAIN_MODULE ?= shared.demo.train
+PYTEST_ARGS ?=
+
+.PHONY: venv train test bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: the local CPU build, so nothing pulls CUDA wheels
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+train: venv
+	$(PY) -m $(TRAIN_MODULE) --config $(TRAIN_CONFIG) --workdir $(WORKDIR)
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+bench: venv
+	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) workdirs

@@ -1,0 +1,1 @@
+"""Greedy, beam search and sampling with a KV cache; CTC decoding."""

@@ -1,0 +1,1 @@
+"""Flow matching, DDPM, classifier-free guidance and samplers (Euler, UniPC, DDIM)."""

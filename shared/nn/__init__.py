@@ -1,0 +1,1 @@
+"""Flax Linen layers shared by every system; every parameter carries logical axes."""

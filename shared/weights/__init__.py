@@ -1,0 +1,1 @@
+"""Two-way PyTorch/HF weight conversion: one name table per family drives import and export."""

@@ -1,0 +1,51 @@
+"""Runs the demo job in its own process for the resume tests (not collected by pytest).
+
+python tests/shared/resume_worker.py WORKDIR TOTAL_STEPS MODE
+MODE: plain | sigterm@N (send ourselves SIGTERM after step N) | kill@N (SIGKILL after step N, once
+the checkpoint at step 4 is complete on disk). Writes WORKDIR/final_params.npz when it finishes.
+"""
+import os
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+
+from configs.demo import tiny
+from shared import train as train_lib
+from shared.demo.train import make_task
+
+
+def main():
+  workdir, total, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+  cfg = tiny.get_config()
+  cfg.trainer.total_steps = total
+  cfg.trainer.log_every = 1
+  cfg.trainer.checkpoint.every_steps = 4
+  cfg.trainer.checkpoint.keep = 10
+  cfg.model.update(dict(dim=32, mlp=64, layers=2, heads=2))
+  hooks = []
+  if mode.startswith("sigterm@"):
+    at = int(mode.split("@")[1])
+    hooks.append(lambda step, state: step == at and os.kill(os.getpid(), signal.SIGTERM))
+  elif mode.startswith("kill@"):
+    at = int(mode.split("@")[1])
+
+    def kill(step, state):
+      if step == at:
+        done = os.path.join(workdir, "checkpoints", "4")
+        for _ in range(600):  # the async save of step 4 finishes in the background
+          if os.path.isdir(done) and not any("tmp" in f for f in os.listdir(os.path.dirname(done))):
+            break
+          time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+    hooks.append(kill)
+  result = train_lib.train(cfg, make_task(cfg), workdir, hooks=hooks)
+  params = train_lib.flat(jax.device_get(result.state.params))
+  np.savez(os.path.join(workdir, "final_params.npz"), **{k.replace("/", "."): v for k, v in params.items()})
+  print(f"STATUS {result.status} {result.step} resumed_from={result.resumed_from}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
