@@ -25,6 +25,7 @@ INSTALL = [
     "tensorboardX",                 # TensorBoard event files without TensorFlow
     "absl-py",
     "numpy",
+    "scipy",
     "einops",
     "tqdm",
 ]
@@ -46,6 +47,7 @@ setup(
     description="JAX/Flax audio-visual speech stack: UniCUE, tri-modal sign/lip/audio LLM, VALLR-Pin, UniTalking",
     packages=find_packages(include=["shared*", "unicue_jax*", "trimodal_jax*", "vsr_pin_jax*",
                                     "unitalking_jax*"]),
+    package_data={"shared.text": ["pinyin_vocab.txt"]},
     python_requires=">=3.10",
     install_requires=INSTALL,
     extras_require=EXTRAS,
