@@ -494,12 +494,20 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
   log.info("params %.2fM (%.2fM trainable), mesh %s, %d devices", n_params / 1e6, n_train / 1e6,
            dict(setup.mesh.shape), jax.device_count())
   peak = device_peak_tflops(t.peak_tflops)
+  compiled: dict = {}       # one executable per batch shape (padding buckets give a few)
+
+  def run_step(state, batch):
+    key = tuple((x.shape, x.dtype.name) for x in jax.tree.leaves(batch))
+    if key not in compiled:
+      compiled[key] = setup.step_fn.lower(state, batch).compile()
+    return compiled[key](state, batch)
+
   flops_dev = None
-  run_step = setup.step_fn
-  if step < t.total_steps:  # compile once, up front: cost analysis for TFLOP/s, and the step itself
+  if step < t.total_steps:  # compile up front: cost analysis for TFLOP/s / MFU
     first = mesh_lib.global_batch(example, setup.mesh, setup.rules)
-    run_step = setup.step_fn.lower(state, first).compile()
-    flops_dev = (task.flops_per_step / jax.device_count()) if task.flops_per_step else compiled_flops(run_step)
+    key = tuple((x.shape, x.dtype.name) for x in jax.tree.leaves(first))
+    compiled[key] = setup.step_fn.lower(state, first).compile()
+    flops_dev = (task.flops_per_step / jax.device_count()) if task.flops_per_step else compiled_flops(compiled[key])
 
   pending = None            # (step, metrics) of the previous step, read after the next is dispatched
   window: list[dict] = []
