@@ -2,8 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/main
-TRAIN_CONFIG ?= configs/demo/tiny.py
-TRAIN_MODULE ?= shared.demo.train
+TRAIN_CONFIG ?= configs/demo/csr_tiny.py
+TRAIN_MODULE ?= shared.demo.csr
 PYTEST_ARGS ?=
 
 .PHONY: venv train test bench clean
