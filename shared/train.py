@@ -205,9 +205,10 @@ def build(cfg: ml_collections.ConfigDict, task: Task, *, mesh=None, example_batc
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(t.mesh)
   rules = mesh_lib.rules_from_config(t)
   divisor = mesh_lib.batch_divisor(mesh, rules)
-  if t.batch_size % (divisor * t.optimizer.accumulate_steps) and t.batch_size % divisor:
+  if t.batch_size % (divisor * t.optimizer.accumulate_steps):
     raise ConfigError(f"trainer.batch_size={t.batch_size} must be a multiple of the batch shards "
-                      f"({divisor}) of mesh {dict(mesh.shape)}")
+                      f"({divisor}) of mesh {dict(mesh.shape)} times trainer.optimizer.accumulate_steps "
+                      f"({t.optimizer.accumulate_steps})")
   example_batch = example_batch if example_batch is not None else task.example_batch
   tx = config_lib.build_optimizer(t)
   rng = jax.random.key(t.seed)
