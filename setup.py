@@ -33,12 +33,13 @@ INSTALL = [
 EXTRAS = {
     # torch must be installed first (`pip install torch==2.13.0`) so the CPU build is used.
     "test": ["pytest>=8", "pytest-xdist", "torch", "diffusers>=0.35", "peft>=0.15", "sentencepiece",
-             "python_speech_features", "kaldi-native-fbank"],
+             "python_speech_features", "kaldi-native-fbank",
+             "speechmos", "onnxruntime", "Resemblyzer", "setuptools<81"],
     "torch": ["torch", "safetensors"],
     "cuda": ["jax[cuda13]"],
     "tpu": ["jax[tpu]"],
     "dnsmos": ["speechmos", "onnxruntime"],
-    "speaker": ["Resemblyzer"],
+    "speaker": ["Resemblyzer", "setuptools<81"],   # webrtcvad (Resemblyzer's VAD) imports pkg_resources
 }
 
 setup(
