@@ -5,6 +5,7 @@ WORKDIR ?= workdirs/main
 TRAIN_CONFIG ?= configs/demo/csr_tiny.py
 TRAIN_MODULE ?= shared.demo.csr
 PYTEST_ARGS ?=
+TRAIN_ARGS ?=
 
 .PHONY: venv train test bench clean
 
@@ -19,7 +20,7 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 train: venv
-	$(PY) -m $(TRAIN_MODULE) --config $(TRAIN_CONFIG) --workdir $(WORKDIR)
+	$(PY) -m $(TRAIN_MODULE) --config $(TRAIN_CONFIG) --workdir $(WORKDIR) $(TRAIN_ARGS)
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
