@@ -497,18 +497,17 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
   peak = device_peak_tflops(t.peak_tflops)
   compiled: dict = {}       # one executable per batch shape (padding buckets give a few)
 
-  def run_step(state, batch):
+  def executable(state, batch):
     key = tuple((x.shape, x.dtype.name) for x in jax.tree.leaves(batch))
     if key not in compiled:
       compiled[key] = setup.step_fn.lower(state, batch).compile()
-    return compiled[key](state, batch)
+    return compiled[key]
 
   flops_dev = None
   if step < t.total_steps:  # compile up front: cost analysis for TFLOP/s / MFU
-    first = mesh_lib.global_batch(example, setup.mesh, setup.rules)
-    key = tuple((x.shape, x.dtype.name) for x in jax.tree.leaves(first))
-    compiled[key] = setup.step_fn.lower(state, first).compile()
-    flops_dev = (task.flops_per_step / jax.device_count()) if task.flops_per_step else compiled_flops(compiled[key])
+    first = executable(state, mesh_lib.global_batch(example, setup.mesh, setup.rules))
+    flops_dev = (task.flops_per_step / jax.device_count()) if task.flops_per_step else compiled_flops(first)
+  schedule = config_lib.build_schedule(t)
 
   pending = None            # (step, metrics) of the previous step, read after the next is dispatched
   window: list[dict] = []
@@ -527,7 +526,7 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
       avg[k] = float(window[-1][k])
     sps = steps_window / dt if dt > 0 else float("nan")
     avg.update(steps_per_s=sps, examples_per_s=sps * t.batch_size,
-               learning_rate=float(config_lib.build_schedule(t)(step_now - 1)))
+               learning_rate=float(schedule(step_now - 1)))
     if task.tokens_per_example:
       avg["tokens_per_s"] = sps * t.batch_size * task.tokens_per_example
     if flops_dev:
@@ -561,7 +560,7 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
         if prof.start_step >= 0 and step == prof.start_step and lead:
           jax.profiler.start_trace(os.path.join(workdir, "profile"))
         batch = mesh_lib.global_batch(next(data_iter), setup.mesh, setup.rules)
-        state, m = run_step(state, batch)
+        state, m = executable(state, batch)(state, batch)
         step += 1
         steps_window += 1
         if pending is not None:
