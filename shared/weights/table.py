@@ -132,6 +132,6 @@ def export_specs(rows: Sequence[Row], flat_params: Mapping[tuple, object], dtype
     for i, key in enumerate(row.their_keys()):
       def produce(leaf=leaf, i=i, row=row, dt=dt):
         x = np.asarray(jax.device_get(leaf[i] if row.stacked else leaf[()]))
-        return np.ascontiguousarray(row.transform.to_theirs(x)).astype(dt, copy=False)
+        return np.asarray(row.transform.to_theirs(x), order="C").astype(dt, copy=False)  # keeps 0-d
       specs.append((key, shape, dt, produce))
   return specs
