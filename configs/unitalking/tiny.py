@@ -1,0 +1,45 @@
+"""UniTalking on SynthCue speech clips, CPU-sized: 32x32 faces, 32 frames (1.28 s), 64-bin mels.
+
+Video latents: space-to-depth 8 + PCA to 24 channels [32, 4, 4, 24], patch (1, 2, 2) -> 4 tokens of 96 values
+per frame (128 video tokens); audio latents: 128 mel frames (64 bins) + PCA to 16 channels, 4 frames per token
+(32 audio tokens of 64 values, one per video frame: the same RoPE time axis). Tokens are narrower than the
+model (128) - a 128-wide model cannot carry 768 noise values per token (raw 8x8 patches did not learn). Text: pinyin syllable ids into a learned table.
+`python -m unitalking_jax.train --config configs/unitalking/tiny.py --workdir DIR`
+"""
+import ml_collections
+
+from shared.config import trainer_config
+
+
+def get_config(arg: str = ""):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.trainer = trainer_config()
+  c.trainer.total_steps = 600
+  c.trainer.batch_size = 8
+  c.trainer.log_every = 25
+  c.trainer.sample_every = 300
+  c.trainer.optimizer.learning_rate = 1e-3
+  c.trainer.optimizer.weight_decay = 0.0
+  c.trainer.schedule.warmup_steps = 50
+  c.trainer.checkpoint.every_steps = 300
+  c.trainer.precision.compute_dtype = "float32"
+  c.model = ml_collections.ConfigDict(dict(
+      dim=128, heads=4, layers=4, ffn=256, audio_ffn=256, patch=(1, 2, 2), freq_dim=64, text_dim=64,
+      attention_impl="auto", audio_time_scale=1.0, audio_hw_pos=(0.0, 0.0),
+      text="pinyin"))  # "pinyin": learned table over pinyin syllable ids; "umt5": UMT5 features [B, S, text_dim]
+  c.data = ml_collections.ConfigDict(dict(
+      seed=0, num_samples=100_000, lexicon_size=24, n_speakers=8, n_test_speakers=2, clauses=(1, 1),
+      frame_size=32, frames=32, text_len=8, pixel_factor=8, mel_mean=-5.0, mel_std=1.75, workers=0,
+      video_pca=24, audio_pca=16, pca_fit_samples=200))
+  c.objective = ml_collections.ConfigDict(dict(
+      # task ratios (one run alternates them per example): T2AV, TV2A, TI2AV, TR2AV
+      tasks=ml_collections.ConfigDict(dict(t2av=0.4, tv2a=0.2, ti2av=0.2, tr2av=0.2)),
+      timestep_shift=3.0, sampling="uniform", audio_weight=1.0,
+      p_drop_text=0.1, p_drop_ref=0.1, p_drop_all=0.05))
+  c.stage = ml_collections.ConfigDict(dict(
+      # 1 = audio-branch TTS pretraining (audio stream alone, every non-audio parameter frozen); 2 = joint
+      number=2, trainable=("",)))  # param-path prefixes that train ("" = everything)
+  c.sampling = ml_collections.ConfigDict(dict(
+      sampler="euler", steps=25, shift=3.0, text_scale=3.0, ref_scale=1.0, num=4, griffin_lim_iters=32))
+  return c

@@ -1,0 +1,143 @@
+"""UniTalking through shared.train: the tiny task trains (loss falls), stage 1 freezes every non-audio param,
+generation writes samples; SynthCue codecs and the sync score on real clips."""
+from __future__ import annotations
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from configs.unitalking.tiny import get_config
+from shared import train as train_lib
+from unitalking_jax import data as data_lib
+from unitalking_jax.task import make_task
+
+
+def small_config(**stage):
+  cfg = get_config()
+  cfg.trainer.total_steps = 30
+  cfg.trainer.batch_size = 8
+  cfg.trainer.log_every = 5
+  cfg.trainer.sample_every = 0
+  cfg.trainer.checkpoint.every_steps = 0
+  cfg.trainer.checkpoint.async_save = False
+  cfg.trainer.schedule.warmup_steps = 5
+  cfg.trainer.optimizer.learning_rate = 3e-3
+  cfg.model.update(dict(dim=32, heads=2, layers=1, ffn=64, audio_ffn=64, freq_dim=32, text_dim=16))
+  cfg.data.frames = 8
+  cfg.data.pca_fit_samples = 48
+  cfg.sampling.steps = 3
+  cfg.sampling.num = 2
+  cfg.stage.update(stage)
+  return cfg
+
+
+def test_tiny_trains_loss_falls(tmp_path):
+  cfg = small_config()
+  task = make_task(cfg)
+  result = train_lib.train(cfg, task, str(tmp_path))
+  assert result.step == 30
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  losses = [r["loss"] for r in rows if "loss" in r]
+  assert len(losses) == 6 and all(np.isfinite(losses))
+  assert losses[-1] < 0.8 * losses[0], losses
+  # generation (T2AV and TV2A) writes wav / mp4 / png and a sync line, shapes as the data
+  task.sample_fn(result.state.params, 30, str(tmp_path / "samples" / "30"))
+  files = set(os.listdir(tmp_path / "samples" / "30"))
+  for t in ("t2av", "tv2a"):
+    assert {f"{t}_0.wav", f"{t}_0.mp4", f"{t}_0_frames.png", f"{t}_0_mel.png"} <= files
+  batch = {k: v[:2] for k, v in data_lib.collate(
+      [data_lib.prepare(data_lib.source(cfg, "test")[i], cfg) for i in range(2)]).items()}
+  v, a = task.generate(result.state.params, batch, "tv2a")
+  np.testing.assert_allclose(np.asarray(v), batch["video"], atol=1e-6)  # TV2A keeps the given video
+  assert a.shape == batch["audio"].shape and np.isfinite(np.asarray(a)).all()
+
+  # sample.py / export.py path: reload the checkpoint, TI2AV from an image keeps it as the first frame
+  from PIL import Image
+  from unitalking_jax.export import export
+  from unitalking_jax.sample import build_inputs
+  from unitalking_jax.task import load
+  cfg2, task2, params = load(str(tmp_path))
+  flat_a, flat_b = train_lib.flat(params), train_lib.flat(jax.device_get(result.state.params))
+  assert all(np.array_equal(flat_a[k], flat_b[k]) for k in flat_b)
+  frame = data_lib.source(cfg, "test")[3]["video"][0]
+  Image.fromarray(frame).save(tmp_path / "face.png")
+  inputs = build_inputs(cfg2, "ma ba luo", image=str(tmp_path / "face.png"))
+  assert inputs["text"][0, :3].tolist() == data_lib.VOCAB.encode(["ma", "ba", "luo"]).tolist()
+  v, a = task2.generate(params, inputs, "ti2av")
+  np.testing.assert_allclose(np.asarray(v)[0, 0], inputs["video"][0, 0], atol=1e-6)
+  assert not np.allclose(np.asarray(v)[0, 1:], inputs["video"][0, 1:])
+  export(task2.model, params, str(tmp_path / "export"))
+  assert {"video_stream", "unitalking_rest.safetensors"} <= set(os.listdir(tmp_path / "export"))
+
+
+def test_stage1_trainable_mask_is_the_audio_stream():
+  """Stage 1 (configs/unitalking/audio_pretrain.py) trains exactly the audio stream; shared.train keeps the rest
+  bit-identical (tests/shared/test_train.py), and the audio-only forward gives the video params no gradient
+  (tests/unitalking/test_model.py::test_audio_only_stage1_path)."""
+  from configs.unitalking import audio_pretrain
+  cfg = audio_pretrain.get_config()
+  cfg.data.update(dict(frames=8, pca_fit_samples=48))
+  cfg.model.update(dict(dim=32, heads=2, layers=1, ffn=64, audio_ffn=64, freq_dim=32, text_dim=16))
+  task = make_task(cfg)
+  batch = data_lib.collate([data_lib.prepare(data_lib.source(cfg, "test")[0], cfg)])
+  keys = list(train_lib.flat(jax.eval_shape(lambda r: task.init_params(r, batch), jax.random.key(0))))
+  trains = {k for k in keys if task.trainable(k)}
+  assert trains == {k for k in keys if k.startswith(("blocks/audio/", "audio_"))}
+  assert any(k.startswith("blocks/video/") for k in keys) and "text_embed" in keys
+  assert any("add_k_proj" in k for k in trains) and all(not k.startswith("video_") for k in trains)
+  # the stage-1 loss runs the audio stream alone: finite, and no gradient reaches the video stream
+  params = nn.meta.unbox(jax.jit(task.init_params)(jax.random.key(0), batch))
+  (loss, aux), grads = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))(params, batch, jax.random.key(1))
+  assert np.isfinite(float(loss)) and set(aux) == {"loss_audio"}
+  g = train_lib.flat(grads)
+  assert all(float(np.abs(g[k]).max()) == 0.0 for k in g if k.startswith(("blocks/video/", "video_")))
+  assert float(np.abs(g["blocks/audio/attn1/to_q/kernel"]).max()) > 0.0
+
+
+def test_codecs_and_sync_score_on_real_clips():
+  cfg = get_config()
+  cfg.data.pca_fit_samples = 64
+  src = data_lib.source(cfg, "test")
+  samples = [src[i] for i in range(16)]
+  prepared = [data_lib.prepare(s, cfg) for s in samples]
+  c = data_lib.codecs(cfg)
+  t = cfg.data.frames
+  for s, p in zip(samples[:4], prepared[:4]):
+    n = min(t, s["video"].shape[0])
+    np.testing.assert_array_equal(c.pix.decode(c.pix.encode(s["video"][:n])), s["video"][:n])  # lossless
+    # the PCA codec keeps held-out frames within a few grey levels on average (held-out speakers: ~5)
+    err = np.abs(c.decode_video(p["video"])[:n].astype(np.float32) - s["video"][:n])
+    assert err.mean() < 8.0, err.mean()
+    assert p["video"].shape == (t, 4, 4, cfg.data.video_pca) and p["audio"].shape == (4 * t, cfg.data.audio_pca)
+    lm = c.mel.to_log_mel(c.mel.encode(s["audio"][:t * 640], frames=4 * t))
+    assert np.abs(c.log_mel(p["audio"]) - lm).mean() < 0.3
+  frames = [c.decode_video(p["video"]) for p in prepared]
+  mels = [c.log_mel(p["audio"]) for p in prepared]
+  score = data_lib.sync_score(frames, mels)
+  # SynthCue's audio energy follows the mouth: real pairs sync clearly better than shuffled pairs
+  assert score["sync"] > 0.5 and score["sync_margin"] > 0.1, score  # ~0.74 vs ~0.54
+  opening = np.mean([data_lib._corr(data_lib.mouth_opening(f), p["mouth_open"]) for f, p in zip(frames, prepared)])
+  assert opening > 0.5
+
+
+def test_fsdp_8_devices_same_loss_as_1():
+  """One train step on 8 simulated devices with FSDP gives the single-device loss and gradient norm."""
+  from shared import mesh as mesh_lib
+  out = {}
+  for fsdp in (1, 8):
+    cfg = small_config()
+    cfg.trainer.mesh.update(dict(data=1, fsdp=fsdp))
+    task = make_task(cfg)
+    batch = next(task.make_train_iter())
+    mesh = mesh_lib.make_mesh(cfg.trainer.mesh, devices=jax.devices()[:fsdp])
+    setup = train_lib.build(cfg, task, mesh=mesh, example_batch=batch)
+    assert dict(setup.mesh.shape)["fsdp"] == fsdp
+    state = setup.init_fn()
+    _, m = setup.step_fn(state, mesh_lib.global_batch(batch, setup.mesh, setup.rules))
+    out[fsdp] = {k: float(m[k]) for k in ("loss", "grad_norm", "loss_audio", "loss_video")}
+  for k in out[1]:
+    np.testing.assert_allclose(out[8][k], out[1][k], rtol=2e-5, err_msg=k)

@@ -1,0 +1,69 @@
+"""`python -m unitalking_jax.export --workdir DIR --out OUT` -> a PyTorch-loadable release of UniTalking.
+
+  OUT/video_stream/            diffusers WanTransformer3DModel directory (config.json +
+                               diffusion_pytorch_model.safetensors) written by shared.weights' Wan name table:
+                               `WanTransformer3DModel.from_pretrained(OUT/video_stream)` is the video stream
+                               (exactly the model under the TV2A mask; tests/unitalking/test_export.py).
+  OUT/unitalking_rest.safetensors   every other parameter, named by its Flax path with "/" -> ".":
+        text_embed                              [vocab, text_dim]          (tiny configs only)
+        audio_patch_embedding.kernel            [1, 1, 1, C_a, D] (Conv3d-as-matmul; torch weight = permute(4,3,0,1,2))
+        audio_condition_embedder.*              as diffusers' condition_embedder (time_embedder_linear_1 =
+                                                time_embedder.linear_1, ...; image_* = the reference-audio embedder)
+        audio_head.{scale_shift_table,proj_out.kernel,proj_out.bias}
+        blocks.audio.<WanBlock path>            [num_layers, ...] stacked, same names as the video blocks
+                                                (+ attn2.add_k_proj / add_v_proj / norm_added_k: reference K/V)
+        Linear kernels are [in, out] (torch Linear weight = kernel.T).
+  OUT/unitalking_config.json   the training config (model/data sections) for rebuilding the model.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from absl import flags
+from flax import traverse_util
+
+from shared import cli
+from shared.models.wan_dit import WanDiT
+from shared.weights import io
+from shared.weights.wan_dit_family import save_wan_dit
+from unitalking_jax.model import UniTalking, wan_params
+
+FLAGS = flags.FLAGS
+VIDEO_KEYS = ("video_patch_embedding", "video_condition_embedder", "video_head")
+
+
+def rest_params(params) -> dict[str, np.ndarray]:
+  """Everything outside the video stream, as {dotted name: array}."""
+  flat = traverse_util.flatten_dict(params)
+  out = {}
+  for path, x in flat.items():
+    if path[0] in VIDEO_KEYS or path[:2] == ("blocks", "video"):
+      continue
+    out[".".join(path)] = np.asarray(x, np.float32)
+  return out
+
+
+def export(model: UniTalking, params, out: str, cfg_json: dict | None = None) -> None:
+  os.makedirs(out, exist_ok=True)
+  save_wan_dit(WanDiT(model.config.video), wan_params(params), os.path.join(out, "video_stream"))
+  rest = rest_params(params)
+  io.write_safetensors(os.path.join(out, "unitalking_rest.safetensors"),
+                       [(k, v.shape, np.float32, (lambda v=v: v)) for k, v in sorted(rest.items())])
+  if cfg_json is not None:
+    io.write_json(os.path.join(out, "unitalking_config.json"), cfg_json)
+
+
+def main():
+  from unitalking_jax.task import load
+  cfg, task, params = load(FLAGS.workdir)
+  export(task.model, params, FLAGS.out, json.loads(cfg.to_json()))
+  print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "Training workdir.")
+  flags.DEFINE_string("out", None, "Output directory.")
+  flags.mark_flags_as_required(["workdir", "out"])
+  cli.run(main)

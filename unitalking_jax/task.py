@@ -1,0 +1,245 @@
+"""UniTalking's training task for shared.train: model from config, multi-task flow-matching loss, generation.
+
+Tasks, drawn per example by `cfg.objective.tasks` ratios inside the jitted loss (one run alternates them):
+  t2av   text -> video + audio              (nothing clean)
+  tv2a   text + video -> audio              (every video token clean, σ = 0; video queries may not attend
+                                             to audio keys: the per-example dense form of the TV2A mask)
+  ti2av  text + first frame -> video + audio (first latent frame clean)
+  tr2av  text + reference audio -> video + audio (the reference K/V gets real tokens; zeros otherwise)
+Objective: linear-path flow matching (shared.diffusion), σ ~ shifted uniform/logit-normal, one σ per example
+shared by both streams, clean tokens at σ = 0 and out of the loss; loss = video MSE + audio_weight * audio MSE.
+CFG condition dropout: text (ids -> pad) with p_drop_text, reference with p_drop_ref, all with p_drop_all.
+Stage 1 (`cfg.stage.number == 1`): the audio stream alone on text -> audio (TTS; tr2av ratio keeps
+reference conditioning), every parameter outside `cfg.stage.trainable` prefixes frozen via Task.trainable.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from shared import train as train_lib
+from shared.data.pipeline import make_iterator
+from shared.diffusion import dropout_masks, flow_matching_loss, flow_sampler, guided, interpolate, sample_sigma
+from shared.errors import ConfigError
+from shared.models.wan_dit import WanDiTConfig
+from shared.text.pinyin import pinyin_vocab
+from unitalking_jax import data as data_lib
+from unitalking_jax.model import UniTalking, UniTalkingConfig, frame_to_token
+
+TASKS = ("t2av", "tv2a", "ti2av", "tr2av")
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def model_config(cfg) -> UniTalkingConfig:
+  m, d = cfg.model, cfg.data
+  video = WanDiTConfig(patch_size=tuple(m.patch), num_attention_heads=m.heads, attention_head_dim=m.dim // m.heads,
+                       in_channels=d.video_pca, out_channels=d.video_pca, text_dim=m.text_dim, freq_dim=m.freq_dim,
+                       ffn_dim=m.ffn, num_layers=m.layers, dtype=cfg.trainer.precision.compute_dtype,
+                       param_dtype=cfg.trainer.precision.param_dtype, remat_policy=_remat(cfg.trainer.remat),
+                       attention_impl=m.attention_impl)
+  return UniTalkingConfig(video, audio_channels=d.audio_pca, audio_patch=data_lib.MEL_PER_FRAME,
+                          audio_ffn_dim=m.audio_ffn, ref_dim=d.audio_pca * data_lib.MEL_PER_FRAME,
+                          audio_time_scale=m.audio_time_scale, audio_hw_pos=tuple(m.audio_hw_pos),
+                          text_vocab=len(pinyin_vocab()) if m.get("text", "pinyin") == "pinyin" else 0)
+
+
+def _remat(name: str) -> str:
+  return {"none": "none", "full": "full", "dots": "dots", "dots_saveable": "dots",
+          "nothing_saveable": "nothing"}[name]
+
+
+def text_mask(text):
+  """ids [B, S] -> bool [B, S]: real tokens, plus position 0 always (a dropped text attends its pad)."""
+  return (text != 0) | (jnp.arange(text.shape[1]) == 0)[None]
+
+
+def make_loss(cfg, model: UniTalking):
+  o = cfg.objective
+  ratios = np.array([float(o.tasks[t]) for t in TASKS], np.float64)
+  if ratios.min() < 0 or ratios.sum() <= 0:
+    raise ConfigError(f"objective.tasks {dict(o.tasks)}: ratios must be >= 0 with a positive sum")
+  logits = jnp.asarray(np.log(np.maximum(ratios / ratios.sum(), 1e-30)), jnp.float32)
+  audio_only = cfg.stage.number == 1
+  net = model.clone(audio_only=True) if audio_only else model
+
+  def loss_fn(params, batch, rng):
+    video, audio = batch["video"], batch["audio"]
+    b, t = video.shape[:2]
+    k_task, k_sig, k_nv, k_na, k_drop = jax.random.split(rng, 5)
+    task = jax.random.categorical(k_task, logits, shape=(b,))
+    is_tv2a, is_ti2av, is_tr2av = task == 1, task == 2, task == 3
+    if audio_only:
+      is_tv2a = is_ti2av = jnp.zeros((b,), bool)
+    clean = is_tv2a[:, None] | (is_ti2av[:, None] & (jnp.arange(t) == 0)[None])   # [B, T] latent frames
+    sigma = sample_sigma(k_sig, (b,), method=o.sampling, shift=o.timestep_shift)
+    sig_v = jnp.where(clean, 0.0, sigma[:, None])
+    noise_v = jax.random.normal(k_nv, video.shape, jnp.float32)
+    noise_a = jax.random.normal(k_na, audio.shape, jnp.float32)
+    xv = interpolate(video, noise_v, sig_v)
+    xa = interpolate(audio, noise_a, sigma)
+    drop = dropout_masks(k_drop, b, {"text": o.p_drop_text, "ref": o.p_drop_ref}, o.p_drop_all)
+    text = jnp.where(drop["text"][:, None], 0, batch["text"])
+    ref = jnp.where((is_tr2av & ~drop["ref"])[:, None, None], batch["ref"], 0.0)
+    t_a = sigma * NUM_TRAIN_TIMESTEPS
+    if audio_only:
+      _, pa = net.apply({"params": params}, None, xa, None, t_a, text, text_mask(text), ref)
+      la = flow_matching_loss(pa, audio, noise_a)
+      return la, {"loss_audio": la}
+    t_v = frame_to_token(sig_v * NUM_TRAIN_TIMESTEPS, model.config, video.shape[2], video.shape[3])
+    pv, pa = net.apply({"params": params}, xv, xa, t_v, t_a, text, text_mask(text), ref, tv2a_flags=is_tv2a)
+    lv = flow_matching_loss(pv, video, noise_v, (~clean).astype(jnp.float32))
+    la = flow_matching_loss(pa, audio, noise_a)
+    return lv + o.audio_weight * la, {"loss_video": lv, "loss_audio": la,
+                                      "frac_tv2a": jnp.mean(is_tv2a), "frac_ti2av": jnp.mean(is_ti2av)}
+
+  return loss_fn
+
+
+def make_generate(cfg, model: UniTalking, task: str):
+  """A jitted (params, batch, rng) -> (video latents [B, T, h, w, C], audio latents [B, Ta, Ca]) for `task`.
+
+  batch: "text" [B, S], "video" (given video for tv2a / first frame for ti2av; shapes set the output),
+  "audio" (shape only), "ref" [B, R, ref_dim] (tr2av). CFG: [null, text] (+ [text + ref] for tr2av) with
+  cfg.sampling.text_scale / ref_scale."""
+  if task not in TASKS:
+    raise ConfigError(f"task {task!r}: expected one of {TASKS}")
+  s = cfg.sampling
+  sample = flow_sampler(s.sampler, s.steps, s.shift)
+  net = model.clone(tv2a=(task == "tv2a"))
+
+  def run(params, batch, rng):
+    video, audio, text = batch["video"], batch["audio"], batch["text"]
+    b, t, h, w, _ = video.shape
+    nv = int(np.prod(video.shape[1:]))
+    clean_frame = jnp.broadcast_to(jnp.arange(t) < (t if task == "tv2a" else (1 if task == "ti2av" else 0)), (b, t))
+    clean_tok = frame_to_token(clean_frame.astype(jnp.float32), model.config, h, w) > 0
+    ref = batch["ref"] if task == "tr2av" else jnp.zeros_like(batch["ref"])
+    null_text = jnp.zeros_like(text)
+    conds = [dict(text=null_text, ref=jnp.zeros_like(ref)), dict(text=text, ref=jnp.zeros_like(ref))]
+    scales = [s.text_scale]
+    if task == "tr2av":
+      conds.append(dict(text=text, ref=ref))
+      scales.append(s.ref_scale)
+
+    def fn(x, tt, cond):
+      n = x.shape[0]
+      xv = x[:, :nv].reshape((n,) + video.shape[1:])
+      xa = x[:, nv:].reshape((n,) + audio.shape[1:])
+      ct = jnp.concatenate([clean_tok] * (n // b), axis=0)
+      t_v = jnp.where(ct, 0.0, tt)
+      pv, pa = net.apply({"params": params}, xv, xa, t_v, jnp.full((n,), tt), cond["text"],
+                         text_mask(cond["text"]), cond["ref"])
+      return jnp.concatenate([pv.reshape(n, -1), pa.reshape(n, -1)], axis=1)
+
+    fixed = jnp.concatenate([jnp.repeat(clean_frame, nv // t, axis=1), jnp.zeros((b, audio[0].size), bool)], 1)
+    value = jnp.concatenate([video.reshape(b, -1), jnp.zeros((b, audio[0].size))], 1).astype(jnp.float32)
+    x0 = jax.random.normal(rng, value.shape, jnp.float32)
+    out = sample(guided(fn, conds, scales), x0, fixed_mask=fixed if task in ("tv2a", "ti2av") else None,
+                 fixed_value=value)
+    return out[:, :nv].reshape(video.shape), out[:, nv:].reshape(audio.shape)
+
+  return jax.jit(run)
+
+
+def write_samples(out_dir: str, cfg, video_lat, audio_lat, names, *, griffin_lim: bool = True) -> list[str]:
+  """Writes per clip NAME.wav, NAME.mp4 (with audio), NAME_frames.png, NAME_mel.png. Returns the mp4 paths."""
+  from PIL import Image
+  from shared.data.media import write_mp4, write_wav
+  c = data_lib.codecs(cfg)
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for i, name in enumerate(names):
+    frames = c.decode_video(np.asarray(video_lat[i]))
+    audio = c.decode_audio(np.asarray(audio_lat[i])) if griffin_lim else np.zeros(frames.shape[0] * 640, np.float32)
+    audio = np.pad(audio, (0, max(0, frames.shape[0] * 640 - audio.shape[0])))[:frames.shape[0] * 640]
+    write_wav(os.path.join(out_dir, f"{name}.wav"), audio)
+    mp4 = os.path.join(out_dir, f"{name}.mp4")
+    write_mp4(mp4, np.repeat(np.repeat(frames, 4, 1), 4, 2), fps=25, audio=audio)
+    Image.fromarray(np.concatenate(list(frames[::2]), axis=1)).save(os.path.join(out_dir, f"{name}_frames.png"))
+    lm = c.log_mel(np.asarray(audio_lat[i]))
+    img = np.clip((lm - lm.min()) / max(float(np.ptp(lm)), 1e-6) * 255, 0, 255).astype(np.uint8)[:, ::-1].T
+    Image.fromarray(np.repeat(np.repeat(img, 2, 0), 2, 1)).save(os.path.join(out_dir, f"{name}_mel.png"))
+    paths.append(mp4)
+  return paths
+
+
+def eval_batch(cfg, n: int, split: str = "test") -> dict:
+  src = data_lib.source(cfg, split)
+  return data_lib.collate([data_lib.prepare(src[i], cfg) for i in range(n)])
+
+
+def sync_of(cfg, video_lat, audio_lat) -> dict:
+  c = data_lib.codecs(cfg)
+  frames = [c.decode_video(np.asarray(v)) for v in video_lat]
+  mels = [c.log_mel(np.asarray(a)) for a in audio_lat]
+  return data_lib.sync_score(frames, mels)
+
+
+def load(workdir: str):
+  """-> (cfg, task, params) from the latest checkpoint of a training workdir (config from DIR/config.json)."""
+  import json
+  import ml_collections
+  from shared.errors import CheckpointError
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise CheckpointError(f"{path} not found: --workdir must be a UniTalking training directory")
+  cfg = ml_collections.ConfigDict(json.load(open(path)))
+  task = make_task(cfg)
+  ckpt = train_lib.Checkpointer(workdir, keep=1, async_save=False)
+  step = ckpt.latest_step()
+  if step is None:
+    raise CheckpointError(f"no checkpoint under {ckpt.directory}")
+  example = data_lib.collate([data_lib.prepare(data_lib.source(cfg, "test")[0], cfg)] * cfg.trainer.batch_size)
+  setup = train_lib.build(cfg, task, example_batch=example)
+  state = ckpt.restore(step, setup.abstract_state, setup.state_shardings, None)
+  ckpt.close()
+  return cfg, task, jax.device_get(state.params)
+
+
+def make_task(cfg) -> train_lib.Task:
+  mc = model_config(cfg)
+  model = UniTalking(mc)
+  per_host = cfg.trainer.batch_size // jax.process_count()
+  prefixes = tuple(cfg.stage.trainable)
+  gen = {}
+
+  def init_params(rng, batch):
+    b = batch["video"].shape[0]
+    t_v = jnp.zeros((b, batch["video"].shape[1] * (batch["video"].shape[2] // mc.video.patch_size[1])
+                     * (batch["video"].shape[3] // mc.video.patch_size[2]) // mc.video.patch_size[0]))
+    return model.init(rng, jnp.asarray(batch["video"]), jnp.asarray(batch["audio"]), t_v, jnp.zeros((b,)),
+                      jnp.asarray(batch["text"]), None, jnp.asarray(batch["ref"]))["params"]
+
+  def make_iter():
+    src = data_lib.source(cfg, "train")
+    return make_iterator(src, data_lib.collate, batch_size=per_host, seed=cfg.trainer.seed,
+                         map_fn=lambda s: data_lib.prepare(s, cfg, cfg.trainer.seed), workers=cfg.data.workers)
+
+  def generate(params, batch, task: str, seed: int = 0):
+    if task not in gen:
+      gen[task] = make_generate(cfg, model, task)
+    b = {k: jnp.asarray(v) for k, v in batch.items() if k != "mouth_open"}
+    return gen[task](params, b, jax.random.key(seed))
+
+  def sample_fn(params, step, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    if cfg.stage.number == 1:  # the audio stream alone: joint clips come from stage 2
+      return
+    s = cfg.sampling
+    batch = eval_batch(cfg, s.num)
+    lines = [f"real: {sync_of(cfg, batch['video'], batch['audio'])}"]
+    for t in ("t2av", "tv2a"):
+      v, a = generate(params, batch, t, seed=step)
+      write_samples(out_dir, cfg, v, a, [f"{t}_{i}" for i in range(s.num)])
+      lines.append(f"{t}: {sync_of(cfg, v, a)}")
+    with open(os.path.join(out_dir, "sync.txt"), "w") as f:
+      f.write("\n".join(lines) + "\n")
+
+  task = train_lib.Task(init_params=init_params, loss_fn=make_loss(cfg, model), make_train_iter=make_iter,
+                        trainable=(lambda p: any(p.startswith(x) for x in prefixes)),
+                        sample_fn=sample_fn)
+  task.model, task.generate = model, generate
+  return task

@@ -1,0 +1,28 @@
+"""`python -m unitalking_jax.train --config configs/unitalking/tiny.py --workdir DIR`
+
+Trains UniTalking (unitalking_jax/task.py) with the shared trainer: resumes from DIR/checkpoints,
+TensorBoard events + DIR/metrics.jsonl, and every trainer.sample_every steps DIR/samples/<step>/ with
+T2AV and TV2A clips on held-out speakers (NAME.wav, NAME.mp4 with audio, NAME_frames.png, NAME_mel.png)
+and sync.txt (the SynthCue sync score of unitalking_jax/data.py, matched vs shuffled pairs).
+"""
+from __future__ import annotations
+
+import jax
+
+from shared import cli
+from shared import train as train_lib
+from unitalking_jax.task import make_task
+
+
+def main():
+  cfg = cli.FLAGS.config
+  cli.start_distributed()
+  task = make_task(cfg)
+  result = train_lib.train(cfg, task, cli.FLAGS.workdir)
+  if jax.process_index() == 0:
+    print(f"{result.status} at step {result.step}", flush=True)
+
+
+if __name__ == "__main__":
+  cli.define_flags()
+  cli.run(main)
