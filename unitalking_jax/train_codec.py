@@ -1,5 +1,8 @@
 """`python -m unitalking_jax.train_codec --config configs/unitalking/codec_tiny.py --workdir DIR`
 
+(`--config configs/unitalking/codec_tiny.py:video`, i.e. config key codec = "video", trains the tiny Wan-style
+video VAE instead: unitalking_jax/train_video_codec.py; the rest of this docstring is the audio codec.)
+
 Trains a SynthCue-sized MMAudio-style mel VAE (shared.models.mmaudio_vae) through shared.train: SynthCue
 speech-mode utterances -> log-mel (shared.data.features, `model.mel` preset) -> random `segment_frames` crops;
 loss = mean |x - x_hat| on per-bin normalised mels (posterior sample) + kl_weight * mean KL per latent element.
@@ -193,11 +196,20 @@ def load_codec(workdir: str, **kw) -> av_codec.MelVAEAudioCodec:
   return av_codec.load_mel_vae_audio_codec(workdir, **kw)
 
 
+def codec_kind(cfg) -> str:
+  kind = cfg.get("codec", "audio")
+  if kind not in ("audio", "video"):
+    raise ConfigError(f"config key codec = {kind!r}: expected 'audio' (mel VAE) or 'video' (Wan VAE)")
+  return kind
+
+
 def main():
+  from unitalking_jax import train_video_codec
   cfg = cli.FLAGS.config
   workdir = cli.FLAGS.workdir
   cli.start_distributed()
-  task = make_task(cfg)
+  video = codec_kind(cfg) == "video"
+  task = train_video_codec.make_task(cfg) if video else make_task(cfg)
   lead = jax.process_index() == 0
   if lead and not os.path.exists(os.path.join(workdir, "eval_init.json")):
     batch = next(task.make_train_iter())
@@ -211,10 +223,15 @@ def main():
     params = jax.device_get(result.state.params)
     m = task.eval_fn(params, result.step)
     json.dump({"step": result.step, **m}, open(os.path.join(workdir, "eval_final.json"), "w"), indent=1)
-    export_codec(cfg, task, params, workdir, {"step": result.step, "eval": m})
-    print(f"{result.status} at step {result.step}: held-out ({cfg.data.eval_samples} utterances) "
-          + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) + f"; codec in {os.path.join(workdir, 'codec')}",
-          flush=True)
+    if video:
+      train_video_codec.export_codec(cfg, task, params, workdir)
+      out = os.path.join(workdir, train_video_codec.EXPORT_DIR)
+    else:
+      export_codec(cfg, task, params, workdir, {"step": result.step, "eval": m})
+      out = os.path.join(workdir, "codec")
+    what = "clips" if video else "utterances"
+    print(f"{result.status} at step {result.step}: held-out ({cfg.data.eval_samples} {what}) "
+          + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) + f"; codec in {out}", flush=True)
 
 
 if __name__ == "__main__":
