@@ -32,6 +32,7 @@ from flax import traverse_util
 from shared.errors import CheckpointError, ConfigError
 from shared.models.bigvgan import BigVGAN, BigVGANConfig, init_params, kaiser_sinc_filter
 from shared.weights import io, table
+from shared.weights.io import to_numpy
 from shared.weights.table import IDENTITY, Row
 
 CONV = table.transpose((2, 1, 0), "conv1d")             # [out, in, k] -> [k, in, out]
@@ -108,13 +109,6 @@ def buffers(config: BigVGANConfig) -> dict[str, np.ndarray]:
   return out
 
 
-def to_numpy(v) -> np.ndarray:
-  if hasattr(v, "detach"):  # torch tensor (bf16/fp16 -> fp32: numpy has no bfloat16)
-    v = v.detach().cpu()
-    v = (v.float() if v.is_floating_point() and v.element_size() < 4 else v).numpy()
-  return np.asarray(v)
-
-
 def _legacy_names(state_dict: dict[str, Any]) -> dict[str, Any]:
   """parametrizations.weight.original0/1 -> weight_g/weight_v; a plain conv `weight` -> (g = ||w||, v = w)."""
   out = {}
@@ -137,7 +131,7 @@ def import_bigvgan(state_dict: dict[str, Any], config: BigVGANConfig, *, dtype=j
     if key in sd and not np.allclose(to_numpy(sd[key]).reshape(want.shape), want, atol=1e-6):
       raise CheckpointError(f"BigVGAN checkpoint buffer {key} differs from the Kaiser-sinc filter this "
                             f"implementation uses (cutoff 0.25, half-width 0.3, 12 taps)")
-  reader = _Reader({k: v for k, v in sd.items()})
+  reader = io.StateDictReader({k: v for k, v in sd.items()})
   ignore = [re.escape(k) for k in buffers(config)]
   flat = table.import_tensors(name_table(config), reader, param_shapes(config), np.dtype(dtype),
                               ignore=ignore, source="BigVGAN state_dict")
@@ -161,20 +155,6 @@ def export_bigvgan(params: dict, config: BigVGANConfig, *, style: str = "weight_
     out[key] = produce()
   out.update({k: v.astype(dtype) for k, v in buffers(config).items()})
   return out
-
-
-class _Reader:
-  def __init__(self, sd):
-    self._sd = sd
-
-  def keys(self):
-    return list(self._sd)
-
-  def shape(self, key):
-    return tuple(self._sd[key].shape)
-
-  def get(self, key):
-    return to_numpy(self._sd[key])
 
 
 def read_state_dict(path: str, *, unwrap: tuple[str, ...] = ("generator", "state_dict", "model")) -> dict:

@@ -54,6 +54,30 @@ def _read_header(path: str) -> tuple[dict, int]:
   return header, 8 + n
 
 
+def to_numpy(v) -> np.ndarray:
+  """A torch tensor (bf16/fp16 widened to fp32: numpy has no bfloat16) or array-like -> numpy."""
+  if hasattr(v, "detach"):
+    v = v.detach().cpu()
+    v = (v.float() if v.is_floating_point() and v.element_size() < 4 else v).numpy()
+  return np.asarray(v)
+
+
+class StateDictReader:
+  """An in-memory state_dict (torch tensors or arrays) behind the reader interface: keys(), shape(key), get(key)."""
+
+  def __init__(self, state_dict):
+    self._sd = state_dict
+
+  def keys(self):
+    return list(self._sd)
+
+  def shape(self, key):
+    return tuple(self._sd[key].shape)
+
+  def get(self, key):
+    return to_numpy(self._sd[key])
+
+
 class SafetensorsReader:
   """Lazy view of a checkpoint: a .safetensors file, or a directory with model.safetensors, an
   index.json (sharded), or *.safetensors files. keys(), shape(key), dtype(key), get(key[, dtype])."""

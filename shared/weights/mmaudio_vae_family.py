@@ -27,8 +27,9 @@ from flax import traverse_util
 
 from shared.errors import CheckpointError
 from shared.models.mmaudio_vae import MMAudioVAE, MMAudioVAEConfig, init_params
-from shared.weights import table
-from shared.weights.bigvgan_family import read_state_dict, to_numpy
+from shared.weights import io, table
+from shared.weights.bigvgan_family import read_state_dict
+from shared.weights.io import to_numpy
 from shared.weights.table import IDENTITY, Row
 
 CONV = table.transpose((2, 1, 0), "conv1d")   # [out, in, k] -> [k, in, out]
@@ -60,20 +61,6 @@ def buffers(config: MMAudioVAEConfig) -> dict[str, np.ndarray]:
   return {k: v.reshape(1, -1, 1) for k, v in zip(STAT_KEYS, config.stats())}
 
 
-class _Reader:
-  def __init__(self, sd):
-    self._sd = sd
-
-  def keys(self):
-    return list(self._sd)
-
-  def shape(self, key):
-    return tuple(self._sd[key].shape)
-
-  def get(self, key):
-    return to_numpy(self._sd[key])
-
-
 def import_mmaudio_vae(state_dict: dict[str, Any], config: MMAudioVAEConfig, *, dtype=jnp.float32) -> dict:
   """MMAudio VAE state_dict -> our params (strict: every key read, every param set, stats checked)."""
   want = buffers(config)
@@ -87,7 +74,7 @@ def import_mmaudio_vae(state_dict: dict[str, Any], config: MMAudioVAEConfig, *, 
     if got.size != v.size or not np.allclose(got.reshape(v.shape), v, atol=1e-5):
       raise CheckpointError(f"MMAudio VAE state_dict key {k} {tuple(got.shape)} differs from the config's "
                             f"mel statistics {v.shape}; pass them as MMAudioVAEConfig({k}=...)")
-  flat = table.import_tensors(name_table(config), _Reader(state_dict), param_shapes(config), np.dtype(dtype),
+  flat = table.import_tensors(name_table(config), io.StateDictReader(state_dict), param_shapes(config), np.dtype(dtype),
                               ignore=[re.escape(k) for k in want], source="MMAudio VAE state_dict")
   return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
 

@@ -202,26 +202,6 @@ def param_shapes(c: WanDiTConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
 
 # ---- in-memory and directory import/export ----
 
-class _DictReader:
-  """A state_dict (torch tensors or arrays) seen through the reader interface of shared.weights.io."""
-
-  def __init__(self, state_dict):
-    self._sd = state_dict
-
-  def keys(self):
-    return list(self._sd)
-
-  def shape(self, key):
-    return tuple(self._sd[key].shape)
-
-  def get(self, key):
-    v = self._sd[key]
-    if hasattr(v, "detach"):  # torch tensor (bf16/fp16 -> fp32 first: numpy has no bfloat16)
-      v = v.detach().cpu()
-      v = (v.float() if v.is_floating_point() and v.element_size() < 4 else v).numpy()
-    return np.asarray(v)
-
-
 def _ignore(layout: str) -> tuple[str, ...]:
   return (r"blocks\.\d+\.attn2\.norm_added_q\.weight",) if layout == "diffusers" else ()
 
@@ -230,7 +210,7 @@ def import_wan_dit(state_dict: dict, c: WanDiTConfig, *, layout: str = "diffuser
   """A WanTransformer3DModel (or original WanModel, layout="original") state_dict -> our params (strict)."""
   if layout == "original":
     state_dict = strip_prefix(state_dict)
-  flat = table.import_tensors(name_table(c, layout), _DictReader(state_dict), param_shapes(c), np.dtype(dtype),
+  flat = table.import_tensors(name_table(c, layout), io.StateDictReader(state_dict), param_shapes(c), np.dtype(dtype),
                               _ignore(layout), source=f"{layout} state_dict")
   return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
 
@@ -257,7 +237,7 @@ def load_wan_dit(path: str, *, dtype=jnp.float32, **overrides) -> tuple[WanDiT, 
   reader = io.SafetensorsReader(path, index_name=f"{WEIGHTS_STEM}.safetensors.index.json",
                                 single_name=f"{WEIGHTS_STEM}.safetensors")
   if original and any(k.startswith(ORIGINAL_PREFIX) for k in reader.keys()):
-    reader = _DictReader(strip_prefix({k: reader.get(k) for k in reader.keys()}))
+    reader = io.StateDictReader(strip_prefix({k: reader.get(k) for k in reader.keys()}))
   flat = table.import_tensors(name_table(c, layout), reader, param_shapes(c), np.dtype(dtype), _ignore(layout),
                               source=path)
   return WanDiT(c), traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})

@@ -97,26 +97,6 @@ def name_table(config: WanVAEConfig) -> list[Row]:
   return rows
 
 
-class _DictReader:
-  """A state_dict (torch tensors or arrays) seen through the reader interface of shared.weights.io."""
-
-  def __init__(self, state_dict):
-    self._sd = state_dict
-
-  def keys(self):
-    return list(self._sd)
-
-  def shape(self, key):
-    return tuple(self._sd[key].shape)
-
-  def get(self, key):
-    v = self._sd[key]
-    if hasattr(v, "detach"):  # torch tensor (bf16/fp16 -> fp32 first: numpy has no bfloat16)
-      v = v.detach().cpu()
-      v = (v.float() if v.is_floating_point() and v.element_size() < 4 else v).numpy()
-    return np.asarray(v)
-
-
 def _import(reader, config: WanVAEConfig, dtype, source: str) -> dict:
   flat = table.import_tensors(name_table(config), reader, param_shapes(config), np.dtype(dtype), source=source)
   return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
@@ -124,7 +104,7 @@ def _import(reader, config: WanVAEConfig, dtype, source: str) -> dict:
 
 def import_wan_vae(state_dict: dict[str, Any], config: WanVAEConfig, *, dtype=jnp.float32) -> dict:
   """diffusers AutoencoderKLWan state_dict -> our params (strict: every key read, every param set)."""
-  return _import(_DictReader(state_dict), config, dtype, "state_dict")
+  return _import(io.StateDictReader(state_dict), config, dtype, "state_dict")
 
 
 def export_wan_vae(params: dict, config: WanVAEConfig, *, dtype=np.float32) -> dict[str, np.ndarray]:
