@@ -66,6 +66,8 @@ class Task:
   trainable(path) -> bool   '/'-joined param path; None = everything trains
   eval_fn(params, step) -> dict    sample_fn(params, step, out_dir)    (host-side hooks)
   tokens_per_example, flops_per_step (analytic, global): throughput figures
+  post_init(params) -> params   fresh starts only (never on resume): e.g. pretrained weights into part of
+      the tree; must keep shapes, dtypes and shardings
   """
   init_params: Callable[[jax.Array, Any], Any]
   loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]]
@@ -76,6 +78,7 @@ class Task:
   sample_fn: Callable[[Any, int, str], None] | None = None
   tokens_per_example: int | None = None
   flops_per_step: float | None = None
+  post_init: Callable[[Any], Any] | None = None
 
 
 @flax.struct.dataclass
@@ -484,6 +487,8 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
     log.info("resumed from %s/%d", ckpt.directory, resumed_from)
   else:
     state = setup.init_fn()
+    if task.post_init is not None:
+      state = state.replace(params=task.post_init(state.params))
   if lead:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(cfg_json)

@@ -9,6 +9,9 @@ A prepared sample (all fixed shapes, so every batch compiles once):
                                           frame: mouth closed)
   audio   [4 T, audio_pca] float32        latents of the first T * 640 samples (zero-padded)
   text    [S] int32                       pinyin syllable ids (shared/text/pinyin_vocab.txt), 0 = pad
+          | [S, text_dim] float32         model.text = "umt5": frozen UMT5 features of the clip's sentence
+                                          (unitalking_jax/text_encoder.py; zero rows after the real tokens)
+  text_mask [S] bool                      real text positions (pinyin: ids != 0, position 0 always)
   ref     [T, 4 audio_pca] float32        reference audio tokens: the clip's own latents in 4-frame chunks,
                                           randomly permuted (keeps the voice, hides content and timing;
                                           SynthCue has no second clip of a speaker at hand - approximation
@@ -27,7 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.data.synthcue import SynthCue, SynthCueConfig
+from shared.data.synthcue import FACE_UNIT, SynthCue, SynthCueConfig
+from shared.errors import ConfigError, DataError
 from shared.text.pinyin import pinyin_vocab
 from unitalking_jax.codecs import PCA, MelCodec, PixelCodec
 
@@ -79,7 +83,8 @@ def codecs(cfg) -> Codecs:
   """Fitted on `pca_fit_samples` training clips (SynthCue is a pure function of its config: every process and
   every later `sample.py` run refits the same codec)."""
   d = cfg.data
-  key = (d.seed, d.lexicon_size, d.n_speakers, d.n_test_speakers, tuple(d.clauses), d.frame_size, d.frames,
+  key = (d.seed, d.lexicon_size, d.n_speakers, d.n_test_speakers, tuple(d.clauses), d.frame_size,
+         d.get("face_crop", 0), d.frames,
          d.pixel_factor, d.mel_mean, d.mel_std, d.video_pca, d.audio_pca, d.pca_fit_samples)
   if key not in _CODECS:
     pix, mel = PixelCodec(d.pixel_factor), MelCodec(d.mel_mean, d.mel_std)
@@ -91,36 +96,115 @@ def codecs(cfg) -> Codecs:
   return _CODECS[key]
 
 
-def _raw(sample: dict, cfg, pix: PixelCodec, mel: MelCodec):
+def face_crop(video: np.ndarray, pose: np.ndarray, size: int) -> np.ndarray:
+  """[T, H, W, 3] frames -> [T, size, size, 3]: a square window centred on the face, located from the
+  first frame's eye landmarks (pose [T, 20, 3], frame units; the face centre lies 0.3 face units below the
+  eyes), as talking-face pipelines crop aligned faces from landmarks. Raises DataError if the window leaves
+  the frame."""
+  t, h, w, _ = video.shape
+  centre = pose[0, 0:2, :2].mean(0) + np.array([0.0, 0.3 * FACE_UNIT], np.float32)
+  cx, cy = int(round(float(centre[0]) * w)), int(round(float(centre[1]) * h))
+  x0, y0 = cx - size // 2, cy - size // 2
+  if x0 < 0 or y0 < 0 or x0 + size > w or y0 + size > h:
+    raise DataError(f"face crop {size}x{size} at ({x0}, {y0}) leaves the {h}x{w} frame: raise "
+                    f"data.frame_size or lower data.face_crop", key="video")
+  return video[:, y0:y0 + size, x0:x0 + size]
+
+
+def clip_video(sample: dict, cfg) -> np.ndarray:
+  """The first T frames (short clips repeat their last frame: mouth closed), face-cropped when
+  data.face_crop > 0: [T, S, S, 3] uint8."""
   t = cfg.data.frames
   video = sample["video"][:t]
   if video.shape[0] < t:
     video = np.concatenate([video, np.repeat(video[-1:], t - video.shape[0], axis=0)])
-  return pix.encode(video), mel.encode(sample["audio"][:t * 640], frames=t * MEL_PER_FRAME)
+  crop = int(cfg.data.get("face_crop", 0))
+  return face_crop(video, sample["pose"], crop) if crop else video
+
+
+def _raw(sample: dict, cfg, pix: PixelCodec, mel: MelCodec):
+  t = cfg.data.frames
+  return pix.encode(clip_video(sample, cfg)), mel.encode(sample["audio"][:t * 640], frames=t * MEL_PER_FRAME)
+
+
+TEXT_KINDS = ("pinyin", "umt5")
+_TEXT_ENCODERS: dict = {}
+_PROMPTS: dict = {}   # (encoder key, prompt) -> (features [S, text_dim], mask [S]): SynthCue sentences repeat
+_PROMPT_CACHE = 4096
+
+
+def text_kind(cfg) -> str:
+  kind = cfg.model.get("text", "pinyin")
+  if kind not in TEXT_KINDS:
+    raise ConfigError(f"model.text {kind!r}: expected one of {TEXT_KINDS}")
+  return kind
+
+
+def _encoder_key(cfg) -> tuple:
+  d = cfg.data
+  for k in ("text_tokenizer", "text_encoder"):
+    if not d.get(k):
+      raise ConfigError(f"model.text='umt5' needs data.{k}: a local directory (e.g. the tokenizer/ and "
+                        f"text_encoder/ of Wan-AI/Wan2.2-TI2V-5B-Diffusers)")
+  return d.text_tokenizer, d.text_encoder, d.text_len, d.get("text_encoder_dtype", "float32")
+
+
+def text_encoder(cfg):
+  """The process-wide frozen UMT5 TextEncoder of data.text_tokenizer / data.text_encoder (model.text='umt5')."""
+  key = _encoder_key(cfg)
+  if key not in _TEXT_ENCODERS:
+    import jax.numpy as jnp
+    from unitalking_jax.text_encoder import TextEncoder
+    enc = TextEncoder(key[0], key[1], key[2], dtype=jnp.dtype(key[3]))
+    if enc.dim != cfg.model.text_dim:
+      raise ConfigError(f"model.text_dim {cfg.model.text_dim} != the UMT5 encoder's d_model {enc.dim} "
+                        f"({key[1]})")
+    _TEXT_ENCODERS[key] = enc
+  return _TEXT_ENCODERS[key]
+
+
+def prompt_features(cfg, prompt: str):
+  """One prompt -> (features [S, text_dim] float32, mask [S] bool), cached per process."""
+  key = (_encoder_key(cfg), prompt)
+  if key not in _PROMPTS:
+    if len(_PROMPTS) >= _PROMPT_CACHE:
+      _PROMPTS.pop(next(iter(_PROMPTS)))
+    f, m = text_encoder(cfg)([prompt])
+    _PROMPTS[key] = (f[0], m[0])
+  return _PROMPTS[key]
+
+
+def pinyin_text(syllables, cfg):
+  """Pinyin syllables -> (ids [S] int32 (0 = pad), mask [S] bool: real ids, position 0 always)."""
+  ids = VOCAB.encode(list(syllables))[:cfg.data.text_len]
+  text = np.zeros(cfg.data.text_len, np.int32)
+  text[:ids.shape[0]] = ids
+  mask = text != 0
+  mask[0] = True
+  return text, mask
 
 
 def prepare(sample: dict, cfg, seed: int = 0) -> dict:
   """SynthCue sample -> the fixed-shape arrays above."""
   d = cfg.data
-  t, s = d.frames, d.text_len
+  t = d.frames
   c = codecs(cfg)
-  video = sample["video"][:t]
-  if video.shape[0] < t:
-    video = np.concatenate([video, np.repeat(video[-1:], t - video.shape[0], axis=0)])
+  video = clip_video(sample, cfg)
   mouth = np.zeros(t, np.float32)
   mo = sample["mouth_open"][:t]
   mouth[:mo.shape[0]] = mo
   audio = c.encode_audio(sample["audio"][:t * 640], t * MEL_PER_FRAME)
-  ids = VOCAB.encode(sample["pinyin"].split())[:s]
-  text = np.zeros(s, np.int32)
-  text[:ids.shape[0]] = ids
+  if text_kind(cfg) == "umt5":
+    text, text_mask = prompt_features(cfg, sample["text"])
+  else:
+    text, text_mask = pinyin_text(sample["pinyin"].split(), cfg)
   rng = np.random.default_rng([seed, int(sample.get("index", 0))])
   ref = audio.reshape(t, MEL_PER_FRAME * audio.shape[-1])[rng.permutation(t)]
-  return {"video": c.encode_video(video), "audio": audio, "text": text, "ref": ref.astype(np.float32),
-          "mouth_open": mouth}
+  return {"video": c.encode_video(video), "audio": audio, "text": text, "text_mask": text_mask,
+          "ref": ref.astype(np.float32), "mouth_open": mouth}
 
 
-KEYS = ("video", "audio", "text", "ref", "mouth_open")
+KEYS = ("video", "audio", "text", "text_mask", "ref", "mouth_open")
 
 
 def collate(samples) -> dict:

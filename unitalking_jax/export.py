@@ -13,10 +13,14 @@
         blocks.audio.<WanBlock path>            [num_layers, ...] stacked, same names as the video blocks
                                                 (+ attn2.add_k_proj / add_v_proj / norm_added_k: reference K/V)
         Linear kernels are [in, out] (torch Linear weight = kernel.T).
-  OUT/unitalking_config.json   the training config (model/data sections) for rebuilding the model.
+  OUT/unitalking_config.json   "unitalking_model": the UniTalkingConfig (video = WanDiTConfig fields), plus the
+                               training config (model/data/trainer sections) when exported from a workdir.
+  unitalking_jax/torch_model.py (the [torch] extra): UniTalkingTorch.from_export(OUT) rebuilds the whole model
+                               in PyTorch from diffusers Wan blocks and reproduces our forward pass.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -51,8 +55,9 @@ def export(model: UniTalking, params, out: str, cfg_json: dict | None = None) ->
   rest = rest_params(params)
   io.write_safetensors(os.path.join(out, "unitalking_rest.safetensors"),
                        [(k, v.shape, np.float32, (lambda v=v: v)) for k, v in sorted(rest.items())])
-  if cfg_json is not None:
-    io.write_json(os.path.join(out, "unitalking_config.json"), cfg_json)
+  # the model config itself (torch_model.config_from_export reads it first; the training config may follow)
+  cfg_json = {**(cfg_json or {}), "unitalking_model": dataclasses.asdict(model.config)}
+  io.write_json(os.path.join(out, "unitalking_config.json"), cfg_json)
 
 
 def main():

@@ -2,7 +2,8 @@
 [--video F] --out out.mp4`
 
 Generates one clip with the latest checkpoint in DIR (config from DIR/config.json). --text: toneless
-pinyin syllables ("ma ba luo") or Chinese characters (converted with pypinyin). --image: first frame (PNG/JPG,
+pinyin syllables ("ma ba luo") or Chinese characters (converted with pypinyin); with model.text = "umt5" any
+prompt (encoded by the config's frozen UMT5, data.text_tokenizer / data.text_encoder). --image: first frame (PNG/JPG,
 resized to the config's frame size; ti2av). --ref-audio: a wav whose voice to mimic (tr2av). --video: an mp4
 whose frames are kept (tv2a). Writes OUT (mp4 with audio) and, beside it, OUT.wav, OUT_frames.png, OUT_mel.png.
 """
@@ -41,13 +42,16 @@ def build_inputs(cfg, text: str, image=None, ref_audio=None, video=None) -> dict
   d = cfg.data
   base = data_lib.prepare(data_lib.source(cfg, "test")[0], cfg)
   c = data_lib.codecs(cfg)
-  syl = to_pinyin(text) if any(is_han(ch) for ch in text) else text.split()
-  ids = data_lib.VOCAB.encode(syl)[:d.text_len]
-  if not len(ids) or (ids == data_lib.VOCAB.unk_id).any():
-    raise DataError(f"text {text!r}: expected pinyin syllables of the vocabulary (shared/text/pinyin_vocab.txt) "
-                    f"or Chinese characters", key="text")
   out = {k: np.zeros_like(v) for k, v in base.items()}
-  out["text"][:len(ids)] = ids
+  if data_lib.text_kind(cfg) == "umt5":
+    out["text"], out["text_mask"] = data_lib.prompt_features(cfg, text)
+  else:
+    syl = to_pinyin(text) if any(is_han(ch) for ch in text) else text.split()
+    ids = data_lib.VOCAB.encode(syl)[:d.text_len]
+    if not len(ids) or (ids == data_lib.VOCAB.unk_id).any():
+      raise DataError(f"text {text!r}: expected pinyin syllables of the vocabulary (shared/text/pinyin_vocab.txt) "
+                      f"or Chinese characters", key="text")
+    out["text"], out["text_mask"] = data_lib.pinyin_text(syl, cfg)
   if image is not None:
     img = np.asarray(Image.open(image).convert("RGB").resize((d.frame_size, d.frame_size)), np.uint8)
     out["video"] = c.encode_video(np.repeat(img[None], d.frames, 0))

@@ -8,7 +8,10 @@ Tasks, drawn per example by `cfg.objective.tasks` ratios inside the jitted loss 
   tr2av  text + reference audio -> video + audio (the reference K/V gets real tokens; zeros otherwise)
 Objective: linear-path flow matching (shared.diffusion), σ ~ shifted uniform/logit-normal, one σ per example
 shared by both streams, clean tokens at σ = 0 and out of the loss; loss = video MSE + audio_weight * audio MSE.
-CFG condition dropout: text (ids -> pad) with p_drop_text, reference with p_drop_ref, all with p_drop_all.
+Text: pinyin ids [B, S] (learned table) or, model.text = "umt5", frozen UMT5 features [B, S, text_dim] from the
+data pipeline (unitalking_jax/text_encoder.py), with batch["text_mask"] [B, S]; model.mask_text=False drops
+the mask from the cross-attention (Wan's DiT attends to the zero rows too).
+CFG condition dropout: text (ids / features -> 0, mask -> position 0 only; the same null at sampling) with p_drop_text, reference with p_drop_ref, all with p_drop_all.
 Stage 1 (`cfg.stage.number == 1`): the audio stream alone on text -> audio (TTS; tr2av ratio keeps
 reference conditioning), every parameter outside `cfg.stage.trainable` prefixes frozen via Task.trainable.
 """
@@ -27,6 +30,7 @@ from shared.errors import ConfigError
 from shared.models.wan_dit import WanDiTConfig
 from shared.text.pinyin import pinyin_vocab
 from unitalking_jax import data as data_lib
+from unitalking_jax.init_from import apply_init
 from unitalking_jax.model import UniTalking, UniTalkingConfig, frame_to_token
 
 TASKS = ("t2av", "tv2a", "ti2av", "tr2av")
@@ -56,6 +60,25 @@ def text_mask(text):
   return (text != 0) | (jnp.arange(text.shape[1]) == 0)[None]
 
 
+def batch_text(batch):
+  """-> (text ids [B, S] | features [B, S, E], mask [B, S] bool): batch["text_mask"], else from the ids."""
+  text = batch["text"]
+  if "text_mask" in batch:
+    return text, jnp.asarray(batch["text_mask"], bool)
+  if text.ndim != 2:
+    raise ConfigError(f"text features of shape {text.shape} need batch['text_mask'] [B, S]")
+  return text, text_mask(text)
+
+
+def null_text(text, mask, drop=None):
+  """CFG null where drop [B] (all if None): ids / features -> 0, mask -> position 0 only."""
+  b = text.shape[0]
+  drop = jnp.ones((b,), bool) if drop is None else drop
+  first = jnp.broadcast_to((jnp.arange(mask.shape[1]) == 0)[None], mask.shape)
+  return (jnp.where(drop.reshape((b,) + (1,) * (text.ndim - 1)), jnp.zeros_like(text), text),
+          jnp.where(drop[:, None], first, mask))
+
+
 def make_loss(cfg, model: UniTalking):
   o = cfg.objective
   ratios = np.array([float(o.tasks[t]) for t in TASKS], np.float64)
@@ -64,6 +87,7 @@ def make_loss(cfg, model: UniTalking):
   logits = jnp.asarray(np.log(np.maximum(ratios / ratios.sum(), 1e-30)), jnp.float32)
   audio_only = cfg.stage.number == 1
   net = model.clone(audio_only=True) if audio_only else model
+  use_mask = cfg.model.get("mask_text", True)
 
   def loss_fn(params, batch, rng):
     video, audio = batch["video"], batch["audio"]
@@ -81,15 +105,16 @@ def make_loss(cfg, model: UniTalking):
     xv = interpolate(video, noise_v, sig_v)
     xa = interpolate(audio, noise_a, sigma)
     drop = dropout_masks(k_drop, b, {"text": o.p_drop_text, "ref": o.p_drop_ref}, o.p_drop_all)
-    text = jnp.where(drop["text"][:, None], 0, batch["text"])
+    text, tmask = null_text(*batch_text(batch), drop["text"])
+    tmask = tmask if use_mask else None
     ref = jnp.where((is_tr2av & ~drop["ref"])[:, None, None], batch["ref"], 0.0)
     t_a = sigma * NUM_TRAIN_TIMESTEPS
     if audio_only:
-      _, pa = net.apply({"params": params}, None, xa, None, t_a, text, text_mask(text), ref)
+      _, pa = net.apply({"params": params}, None, xa, None, t_a, text, tmask, ref)
       la = flow_matching_loss(pa, audio, noise_a)
       return la, {"loss_audio": la}
     t_v = frame_to_token(sig_v * NUM_TRAIN_TIMESTEPS, model.config, video.shape[2], video.shape[3])
-    pv, pa = net.apply({"params": params}, xv, xa, t_v, t_a, text, text_mask(text), ref, tv2a_flags=is_tv2a)
+    pv, pa = net.apply({"params": params}, xv, xa, t_v, t_a, text, tmask, ref, tv2a_flags=is_tv2a)
     lv = flow_matching_loss(pv, video, noise_v, (~clean).astype(jnp.float32))
     la = flow_matching_loss(pa, audio, noise_a)
     return lv + o.audio_weight * la, {"loss_video": lv, "loss_audio": la,
@@ -101,7 +126,7 @@ def make_loss(cfg, model: UniTalking):
 def make_generate(cfg, model: UniTalking, task: str):
   """A jitted (params, batch, rng) -> (video latents [B, T, h, w, C], audio latents [B, Ta, Ca]) for `task`.
 
-  batch: "text" [B, S], "video" (given video for tv2a / first frame for ti2av; shapes set the output),
+  batch: "text" [B, S] ids | [B, S, E] features (+ "text_mask" [B, S]), "video" (given video for tv2a / first frame for ti2av; shapes set the output),
   "audio" (shape only), "ref" [B, R, ref_dim] (tr2av). CFG: [null, text] (+ [text + ref] for tr2av) with
   cfg.sampling.text_scale / ref_scale."""
   if task not in TASKS:
@@ -109,19 +134,22 @@ def make_generate(cfg, model: UniTalking, task: str):
   s = cfg.sampling
   sample = flow_sampler(s.sampler, s.steps, s.shift)
   net = model.clone(tv2a=(task == "tv2a"))
+  use_mask = cfg.model.get("mask_text", True)
 
   def run(params, batch, rng):
-    video, audio, text = batch["video"], batch["audio"], batch["text"]
+    video, audio = batch["video"], batch["audio"]
+    text, tmask = batch_text(batch)
     b, t, h, w, _ = video.shape
     nv = int(np.prod(video.shape[1:]))
     clean_frame = jnp.broadcast_to(jnp.arange(t) < (t if task == "tv2a" else (1 if task == "ti2av" else 0)), (b, t))
     clean_tok = frame_to_token(clean_frame.astype(jnp.float32), model.config, h, w) > 0
     ref = batch["ref"] if task == "tr2av" else jnp.zeros_like(batch["ref"])
-    null_text = jnp.zeros_like(text)
-    conds = [dict(text=null_text, ref=jnp.zeros_like(ref)), dict(text=text, ref=jnp.zeros_like(ref))]
+    null, null_mask = null_text(text, tmask)
+    conds = [dict(text=null, mask=null_mask, ref=jnp.zeros_like(ref)),
+             dict(text=text, mask=tmask, ref=jnp.zeros_like(ref))]
     scales = [s.text_scale]
     if task == "tr2av":
-      conds.append(dict(text=text, ref=ref))
+      conds.append(dict(text=text, mask=tmask, ref=ref))
       scales.append(s.ref_scale)
 
     def fn(x, tt, cond):
@@ -131,7 +159,7 @@ def make_generate(cfg, model: UniTalking, task: str):
       ct = jnp.concatenate([clean_tok] * (n // b), axis=0)
       t_v = jnp.where(ct, 0.0, tt)
       pv, pa = net.apply({"params": params}, xv, xa, t_v, jnp.full((n,), tt), cond["text"],
-                         text_mask(cond["text"]), cond["ref"])
+                         cond["mask"] if use_mask else None, cond["ref"])
       return jnp.concatenate([pv.reshape(n, -1), pa.reshape(n, -1)], axis=1)
 
     fixed = jnp.concatenate([jnp.repeat(clean_frame, nv // t, axis=1), jnp.zeros((b, audio[0].size), bool)], 1)
@@ -240,6 +268,6 @@ def make_task(cfg) -> train_lib.Task:
 
   task = train_lib.Task(init_params=init_params, loss_fn=make_loss(cfg, model), make_train_iter=make_iter,
                         trainable=(lambda p: any(p.startswith(x) for x in prefixes)),
-                        sample_fn=sample_fn)
+                        sample_fn=sample_fn, post_init=lambda p: apply_init(cfg, p, model_config=mc))
   task.model, task.generate = model, generate
   return task

@@ -1,4 +1,5 @@
-"""UniTalking on SynthCue speech clips, CPU-sized: 32x32 faces, 32 frames (1.28 s), 64-bin mels.
+"""UniTalking on SynthCue speech clips, CPU-sized: 32x32 face crops (of 80 px frames, located from the eye
+landmarks, as talking-face data is cropped), 32 frames (1.28 s), 64-bin mels.
 
 Video latents: space-to-depth 8 + PCA to 24 channels [32, 4, 4, 24], patch (1, 2, 2) -> 4 tokens of 96 values
 per frame (128 video tokens); audio latents: 128 mel frames (64 bins) + PCA to 16 channels, 4 frames per token
@@ -27,11 +28,17 @@ def get_config(arg: str = ""):
   c.model = ml_collections.ConfigDict(dict(
       dim=128, heads=4, layers=4, ffn=256, audio_ffn=256, patch=(1, 2, 2), freq_dim=64, text_dim=64,
       attention_impl="auto", audio_time_scale=1.0, audio_hw_pos=(0.0, 0.0),
-      text="pinyin"))  # "pinyin": learned table over pinyin syllable ids; "umt5": UMT5 features [B, S, text_dim]
+      text="pinyin",  # "pinyin": learned table over pinyin syllable ids; "umt5": UMT5 features [B, S, text_dim]
+      mask_text=True,  # False: no text mask in the cross-attention (Wan: attends to the zero-padded rows)
+      # wan_path: a diffusers WanTransformer3DModel dir or an original Wan dir read into the video stream on a
+      # fresh start (unitalking_jax/init_from.py); audio: "random" | "copy_video" (the twin copies same-shaped modules)
+      init=dict(wan_path="", audio="random")))
   c.data = ml_collections.ConfigDict(dict(
       seed=0, num_samples=100_000, lexicon_size=24, n_speakers=8, n_test_speakers=2, clauses=(1, 1),
-      frame_size=32, frames=32, text_len=8, pixel_factor=8, mel_mean=-5.0, mel_std=1.75, workers=0,
-      video_pca=24, audio_pca=16, pca_fit_samples=200))
+      frame_size=80, face_crop=32, frames=32, text_len=8, pixel_factor=8, mel_mean=-5.0, mel_std=1.75, workers=0,
+      video_pca=24, audio_pca=16, pca_fit_samples=200,
+      # model.text = "umt5": local dirs of the tokenizer and the transformers UMT5 encoder (text_dim = d_model)
+      text_tokenizer="", text_encoder="", text_encoder_dtype="float32"))
   c.objective = ml_collections.ConfigDict(dict(
       # task ratios (one run alternates them per example): T2AV, TV2A, TI2AV, TR2AV
       tasks=ml_collections.ConfigDict(dict(t2av=0.4, tv2a=0.2, ti2av=0.2, tr2av=0.2)),

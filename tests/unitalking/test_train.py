@@ -12,6 +12,7 @@ import pytest
 
 from configs.unitalking.tiny import get_config
 from shared import train as train_lib
+from shared.errors import DataError
 from unitalking_jax import data as data_lib
 from unitalking_jax.task import make_task
 
@@ -108,10 +109,12 @@ def test_codecs_and_sync_score_on_real_clips():
   t = cfg.data.frames
   for s, p in zip(samples[:4], prepared[:4]):
     n = min(t, s["video"].shape[0])
-    np.testing.assert_array_equal(c.pix.decode(c.pix.encode(s["video"][:n])), s["video"][:n])  # lossless
-    # the PCA codec keeps held-out frames within a few grey levels on average (held-out speakers: ~5)
-    err = np.abs(c.decode_video(p["video"])[:n].astype(np.float32) - s["video"][:n])
-    assert err.mean() < 8.0, err.mean()
+    face = data_lib.clip_video(s, cfg)[:n]
+    assert face.shape[1:] == (cfg.data.face_crop, cfg.data.face_crop, 3)
+    np.testing.assert_array_equal(c.pix.decode(c.pix.encode(face)), face)  # lossless
+    # the PCA codec keeps held-out face crops within ~12 grey levels on average (64 fitting clips)
+    err = np.abs(c.decode_video(p["video"])[:n].astype(np.float32) - face)
+    assert err.mean() < 15.0, err.mean()
     assert p["video"].shape == (t, 4, 4, cfg.data.video_pca) and p["audio"].shape == (4 * t, cfg.data.audio_pca)
     lm = c.mel.to_log_mel(c.mel.encode(s["audio"][:t * 640], frames=4 * t))
     assert np.abs(c.log_mel(p["audio"]) - lm).mean() < 0.3
@@ -119,9 +122,11 @@ def test_codecs_and_sync_score_on_real_clips():
   mels = [c.log_mel(p["audio"]) for p in prepared]
   score = data_lib.sync_score(frames, mels)
   # SynthCue's audio energy follows the mouth: real pairs sync clearly better than shuffled pairs
-  assert score["sync"] > 0.5 and score["sync_margin"] > 0.1, score  # ~0.74 vs ~0.54
+  assert score["sync"] > 0.4 and score["sync_margin"] > 0.12, score  # 16 clips, 64-clip codec: ~0.49 vs ~0.29
   opening = np.mean([data_lib._corr(data_lib.mouth_opening(f), p["mouth_open"]) for f, p in zip(frames, prepared)])
   assert opening > 0.5
+  with pytest.raises(DataError, match="face crop"):
+    data_lib.face_crop(samples[0]["video"], samples[0]["pose"], 79)
 
 
 def test_fsdp_8_devices_same_loss_as_1():
