@@ -5,8 +5,11 @@
 
 Prints one JSON line per task (t2av, ti2av: the model draws both streams; tv2a: audio for a given real video)
 with the sync score of unitalking_jax/data.py (corr of per-frame audio log-energy with the mouth-opening proxy;
-"sync" matched pairs, "sync_shuffled" (video_i, audio_i+1), "sync_margin" their difference), plus the same
-score on the real held-out clips (codec round trip) as the ceiling.
+"sync" matched pairs, "sync_shuffled" (video_i, audio_i+1), "sync_margin" their difference) and the syllable
+error rate of the template decoder (unitalking_jax/template_decoder.py: connected-syllable DTW over templates
+fitted on real training-speaker clips, never sees the text) on the generated audio against the clip's text
+("ser") and against the next clip's text ("ser_chance"), plus both on the real held-out clips (codec round
+trip) as the ceiling.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "UniTalking training workdir.")
-flags.DEFINE_integer("n", 16, "Held-out clips per task.")
+flags.DEFINE_integer("n", 32, "Held-out clips per task.")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
 FLAGS = flags.FLAGS
 
@@ -28,13 +31,31 @@ def main(argv):
   from unitalking_jax import data as data_lib
   from unitalking_jax.task import load
   from unitalking_jax.task import eval_batch, sync_of
+  from unitalking_jax import template_decoder as td
   cfg, task, params = load(FLAGS.workdir)
   batch = eval_batch(cfg, FLAGS.n)
-  print(json.dumps({"task": "real", **sync_of(cfg, batch["video"], batch["audio"])}), flush=True)
+  codecs = data_lib.codecs(cfg)
+  _, refs = td.heldout_clips(cfg, FLAGS.n)
+
+  def ser(audio):
+    r = td.evaluate(cfg, [codecs.log_mel(np.asarray(x)) for x in audio], refs)
+    return {"ser": r["ser"], "ser_chance": r["ser_chance"]}
+
+  common = {"clips": FLAGS.n}
+  print(json.dumps({"task": "real", **common, **sync_of(cfg, batch["video"], batch["audio"]), **ser(batch["audio"])}),
+        flush=True)
   for t in ("t2av", "ti2av", "tv2a"):
     v, a = task.generate(params, batch, t, seed=FLAGS.seed)
-    print(json.dumps({"task": t, "steps": int(cfg.sampling.steps), **sync_of(cfg, np.asarray(v), np.asarray(a))}),
-          flush=True)
+    print(json.dumps({"task": t, **common, "steps": int(cfg.sampling.steps), "train_step": _step(FLAGS.workdir),
+                      **sync_of(cfg, np.asarray(v), np.asarray(a)), **ser(a)}), flush=True)
+
+
+def _step(workdir):
+  from shared.train import Checkpointer
+  c = Checkpointer(workdir, keep=1, async_save=False)
+  s = c.latest_step()
+  c.close()
+  return s
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 from shared import train as train_lib
 from shared.data.pipeline import make_iterator
 from shared.diffusion import dropout_masks, flow_matching_loss, flow_sampler, guided, interpolate, sample_sigma
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DataError
 from shared.models.wan_dit import WanDiTConfig
 from shared.text.pinyin import pinyin_vocab
 from unitalking_jax import data as data_lib
@@ -258,11 +258,22 @@ def make_task(cfg) -> train_lib.Task:
       return
     s = cfg.sampling
     batch = eval_batch(cfg, s.num)
-    lines = [f"real: {sync_of(cfg, batch['video'], batch['audio'])}"]
+    from unitalking_jax import template_decoder as td
+    refs = td.heldout_clips(cfg, s.num)[1]
+    c = data_lib.codecs(cfg)
+
+    def ser(audio):  # template-decoder syllable error rate (and chance) of the audio against the clips' text
+      try:
+        r = td.evaluate(cfg, [c.log_mel(np.asarray(x)) for x in audio], refs)
+      except DataError as e:  # clips too short to hold a whole syllable: no templates
+        return f"ser n/a ({e})"
+      return f"ser {r['ser']:.3f} (chance {r['ser_chance']:.3f})"
+
+    lines = [f"real: {sync_of(cfg, batch['video'], batch['audio'])} {ser(batch['audio'])}"]
     for t in ("t2av", "tv2a"):
       v, a = generate(params, batch, t, seed=step)
       write_samples(out_dir, cfg, v, a, [f"{t}_{i}" for i in range(s.num)])
-      lines.append(f"{t}: {sync_of(cfg, v, a)}")
+      lines.append(f"{t}: {sync_of(cfg, v, a)} {ser(a)}")
     with open(os.path.join(out_dir, "sync.txt"), "w") as f:
       f.write("\n".join(lines) + "\n")
 

@@ -50,6 +50,8 @@ def test_tiny_trains_loss_falls(tmp_path):
   files = set(os.listdir(tmp_path / "samples" / "30"))
   for t in ("t2av", "tv2a"):
     assert {f"{t}_0.wav", f"{t}_0.mp4", f"{t}_0_frames.png", f"{t}_0_mel.png"} <= files
+  sync = open(tmp_path / "samples" / "30" / "sync.txt").read().splitlines()
+  assert [l.split(":")[0] for l in sync] == ["real", "t2av", "tv2a"] and all("ser " in l for l in sync), sync
   batch = {k: v[:2] for k, v in data_lib.collate(
       [data_lib.prepare(data_lib.source(cfg, "test")[i], cfg) for i in range(2)]).items()}
   v, a = task.generate(result.state.params, batch, "tv2a")
