@@ -111,6 +111,11 @@ def face_crop(video: np.ndarray, pose: np.ndarray, size: int) -> np.ndarray:
   return video[:, y0:y0 + size, x0:x0 + size]
 
 
+def model_frame_size(cfg) -> int:
+  """Side of the frames the model sees: the face crop when data.face_crop > 0, else the SynthCue frame."""
+  return int(cfg.data.get("face_crop", 0)) or int(cfg.data.frame_size)
+
+
 def clip_video(sample: dict, cfg) -> np.ndarray:
   """The first T frames (short clips repeat their last frame: mouth closed), face-cropped when
   data.face_crop > 0: [T, S, S, 3] uint8."""

@@ -27,9 +27,9 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/, config.json).")
   flags.DEFINE_enum("task", "t2av", TASKS, "Generation task.")
   flags.DEFINE_string("text", "", "Pinyin syllables or Chinese text.")
-  flags.DEFINE_string("image", None, "First frame image (ti2av).")
+  flags.DEFINE_string("image", None, "First frame image (ti2av): a face crop, resized to the model's frame size.")
   flags.DEFINE_string("ref_audio", None, "Reference voice wav (tr2av).")
-  flags.DEFINE_string("video", None, "Given video mp4 (tv2a).")
+  flags.DEFINE_string("video", None, "Given video mp4 (tv2a): face crops, resized to the model's frame size.")
   flags.DEFINE_string("out", "out.mp4", "Output mp4.")
   flags.DEFINE_integer("seed", 0, "Noise seed.")
   flags.mark_flags_as_required(["workdir"])
@@ -52,12 +52,13 @@ def build_inputs(cfg, text: str, image=None, ref_audio=None, video=None) -> dict
       raise DataError(f"text {text!r}: expected pinyin syllables of the vocabulary (shared/text/pinyin_vocab.txt) "
                       f"or Chinese characters", key="text")
     out["text"], out["text_mask"] = data_lib.pinyin_text(syl, cfg)
+  side = data_lib.model_frame_size(cfg)  # given images / videos are taken as face crops and resized to it
   if image is not None:
-    img = np.asarray(Image.open(image).convert("RGB").resize((d.frame_size, d.frame_size)), np.uint8)
+    img = np.asarray(Image.open(image).convert("RGB").resize((side, side)), np.uint8)
     out["video"] = c.encode_video(np.repeat(img[None], d.frames, 0))
   if video is not None:
     frames = read_mp4(video, with_audio=False).frames
-    frames = np.stack([np.asarray(Image.fromarray(f).resize((d.frame_size, d.frame_size))) for f in frames[:d.frames]])
+    frames = np.stack([np.asarray(Image.fromarray(f).resize((side, side))) for f in frames[:d.frames]])
     if frames.shape[0] < d.frames:
       frames = np.concatenate([frames, np.repeat(frames[-1:], d.frames - frames.shape[0], 0)])
     out["video"] = c.encode_video(frames)
