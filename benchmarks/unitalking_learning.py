@@ -35,7 +35,7 @@ def main(argv):
   cfg, task, params = load(FLAGS.workdir)
   batch = eval_batch(cfg, FLAGS.n)
   codecs = data_lib.codecs(cfg)
-  _, refs = td.heldout_clips(cfg, FLAGS.n)
+  refs = td.heldout_refs(cfg, FLAGS.n)
 
   def ser(audio):
     r = td.evaluate(cfg, [codecs.log_mel(np.asarray(x)) for x in audio], refs)

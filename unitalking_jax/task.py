@@ -259,7 +259,7 @@ def make_task(cfg) -> train_lib.Task:
     s = cfg.sampling
     batch = eval_batch(cfg, s.num)
     from unitalking_jax import template_decoder as td
-    refs = td.heldout_clips(cfg, s.num)[1]
+    refs = td.heldout_refs(cfg, s.num)
     c = data_lib.codecs(cfg)
 
     def ser(audio):  # template-decoder syllable error rate (and chance) of the audio against the clips' text

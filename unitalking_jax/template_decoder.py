@@ -236,12 +236,14 @@ def evaluate(cfg, log_mels, texts, templates: Templates | None = None) -> dict:
           "hyps": [" ".join(h) for h in hyps]}
 
 
+def heldout_refs(cfg, n: int, split: str = "test") -> list[str]:
+  """The window references of the first n clips of `split` (no audio encoding: for scoring generated clips)."""
+  src = _audio_source(cfg, split)
+  return [window_pinyin(src[i], cfg.data.frames) for i in range(n)]
+
+
 def heldout_clips(cfg, n: int, split: str = "test") -> tuple[list, list]:
   """The first n clips of `split` (held-out speakers for "test"): (codec round-trip log-mels, window refs)."""
   src = _audio_source(cfg, split)
-  mels, refs = [], []
-  for i in range(n):
-    smp = src[i]
-    mels.append(round_trip_log_mel(cfg, smp["audio"]))
-    refs.append(window_pinyin(smp, cfg.data.frames))
-  return mels, refs
+  mels = [round_trip_log_mel(cfg, src[i]["audio"]) for i in range(n)]
+  return mels, heldout_refs(cfg, n, split)
