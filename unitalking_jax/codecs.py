@@ -84,23 +84,28 @@ class MelCodec:
 class PCA:
   """Linear codec on the last axis: x [..., d] <-> z [..., k] = (x - mean) @ components.T / scale.
 
-  components [k, d] (orthonormal rows), scale: one global factor so that z has unit mean variance. Fitted by
-  SVD on data (`fit`); keeps a token's width below the model width (a 128-wide model cannot carry 768 noise
+  components [k, d] (orthonormal rows), scale: one global factor so that z has unit mean variance, or with
+  `whiten` one factor per component [k] so that each has unit variance (per-channel latent normalisation, as
+  Wan's VAE latents are normalised per channel: small but meaningful components, a talking face's mouth motion,
+  are not drowned by the noise of flow matching until its last steps). Fitted by SVD on data (`fit`); keeps a token's width below the model width (a 128-wide model cannot carry 768 noise
   values per token, so flow matching on raw space-to-depth pixels fails to learn: the tiny configs need a
   compressing codec as real VAEs are)."""
   mean: np.ndarray
   components: np.ndarray
-  scale: float
+  scale: float | np.ndarray
 
   @classmethod
-  def fit(cls, x: np.ndarray, k: int) -> "PCA":
+  def fit(cls, x: np.ndarray, k: int, whiten: bool = False) -> "PCA":
     x = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
     if not 1 <= k <= x.shape[1]:
       raise DataError(f"PCA width {k} must lie in 1..{x.shape[1]}", key="pca")
     mean = x.mean(0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
     vt = vt[:k] * np.sign(vt[:k, :1] + 1e-30)  # deterministic signs
-    scale = float(np.sqrt(np.mean(s[:k] ** 2) / x.shape[0]))
+    if whiten:
+      scale = np.maximum(s[:k] / np.sqrt(x.shape[0]), 1e-6).astype(np.float32)
+    else:
+      scale = float(np.sqrt(np.mean(s[:k] ** 2) / x.shape[0]))
     return cls(mean.astype(np.float32), vt.astype(np.float32), scale)
 
   @property

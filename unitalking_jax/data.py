@@ -71,9 +71,9 @@ class Codecs:
   def arrays(self) -> dict:
     """The fitted codec as named arrays (saved by unitalking_jax/export.py)."""
     return {"pca_video.mean": self.pca_video.mean, "pca_video.components": self.pca_video.components,
-            "pca_video.scale": np.float32([self.pca_video.scale]), "pca_audio.mean": self.pca_audio.mean,
+            "pca_video.scale": np.atleast_1d(np.float32(self.pca_video.scale)), "pca_audio.mean": self.pca_audio.mean,
             "pca_audio.components": self.pca_audio.components,
-            "pca_audio.scale": np.float32([self.pca_audio.scale])}
+            "pca_audio.scale": np.atleast_1d(np.float32(self.pca_audio.scale))}
 
 
 _CODECS: dict = {}
@@ -85,12 +85,14 @@ def codecs(cfg) -> Codecs:
   d = cfg.data
   key = (d.seed, d.lexicon_size, d.n_speakers, d.n_test_speakers, tuple(d.clauses), d.frame_size,
          d.get("face_crop", 0), d.frames,
-         d.pixel_factor, d.mel_mean, d.mel_std, d.video_pca, d.audio_pca, d.pca_fit_samples)
+         d.pixel_factor, d.mel_mean, d.mel_std, d.video_pca, d.audio_pca, d.pca_fit_samples,
+         bool(d.get("video_whiten", False)))
   if key not in _CODECS:
     pix, mel = PixelCodec(d.pixel_factor), MelCodec(d.mel_mean, d.mel_std)
     src = source(cfg, "train")
     raw = [_raw(src[i], cfg, pix, mel) for i in range(min(d.pca_fit_samples, len(src)))]
-    pv = PCA.fit(np.concatenate([r[0].reshape(-1, r[0].shape[-1]) for r in raw]), d.video_pca)
+    pv = PCA.fit(np.concatenate([r[0].reshape(-1, r[0].shape[-1]) for r in raw]), d.video_pca,
+                 whiten=bool(d.get("video_whiten", False)))
     pa = PCA.fit(np.concatenate([r[1] for r in raw]), d.audio_pca)
     _CODECS[key] = Codecs(pix, mel, pv, pa)
   return _CODECS[key]

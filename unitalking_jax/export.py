@@ -6,6 +6,7 @@
                                (exactly the model under the TV2A mask; tests/unitalking/test_export.py).
   OUT/unitalking_rest.safetensors   every other parameter, named by its Flax path with "/" -> ".":
         text_embed                              [vocab, text_dim]          (tiny configs only)
+        text_pos_embed                          [text_len, text_dim]       (tiny configs: syllable positions)
         audio_patch_embedding.kernel            [1, 1, 1, C_a, D] (Conv3d-as-matmul; torch weight = permute(4,3,0,1,2))
         audio_condition_embedder.*              as diffusers' condition_embedder (time_embedder_linear_1 =
                                                 time_embedder.linear_1, ...; image_* = the reference-audio embedder)

@@ -53,10 +53,14 @@ class UniTalkingConfig:
   audio_time_scale: float = 1.0     # video latent frames per audio token (RoPE time axis)
   audio_hw_pos: tuple = (0.0, 0.0)  # the one fixed (h, w) RoPE position of audio tokens
   text_vocab: int = 0               # > 0: text given as ids into a learned table [text_vocab, text_dim]
+  text_positions: int = 0           # > 0 (with text_vocab): + a learned position table [text_positions, text_dim]
 
   def __post_init__(self):
     if self.audio_patch < 1 or self.audio_channels < 1:
       raise ConfigError(f"audio_patch ({self.audio_patch}) and audio_channels ({self.audio_channels}) must be >= 1")
+    if self.text_positions and not self.text_vocab:
+      raise ConfigError(f"text_positions={self.text_positions} needs the learned text table (text_vocab > 0); "
+                        "text features (UMT5) carry their own positions")
 
   @property
   def audio(self) -> WanDiTConfig:
@@ -149,6 +153,9 @@ class UniTalking(nn.Module):
     if c.text_vocab > 0:
       self.text_embed = self.param("text_embed", nn.with_logical_partitioning(
           nn.initializers.normal(1.0), ("vocab", "embed")), (c.text_vocab, v.text_dim), pdt)
+    if c.text_positions > 0:
+      self.text_pos_embed = self.param("text_pos_embed", nn.with_logical_partitioning(
+          nn.initializers.normal(1.0), (None, "embed")), (c.text_positions, v.text_dim), pdt)
     self.video_patch_embedding = PatchEmbed(v)
     self.video_condition_embedder = WanConditionEmbedder(v)
     self.video_head = StreamHead(v)
@@ -164,11 +171,18 @@ class UniTalking(nn.Module):
                           metadata_params={nn.PARTITION_NAME: "layers"})(c, not self.audio_only, self.tv2a)
 
   def text_features(self, text):
-    """ids [B, S] -> [B, S, text_dim] via the learned table; features pass through."""
-    if self.config.text_vocab > 0:
+    """ids [B, S] -> [B, S, text_dim] via the learned table (+ the position table: without it the
+    cross-attention sees a bag of syllables, not their order); features pass through."""
+    c = self.config
+    if c.text_vocab > 0:
       if not jnp.issubdtype(jnp.asarray(text).dtype, jnp.integer):
         raise ConfigError(f"config.text_vocab > 0: text must be int ids [B, S], got {jnp.asarray(text).dtype}")
-      return jnp.take(self.text_embed, text, axis=0)
+      x = jnp.take(self.text_embed, text, axis=0)
+      if c.text_positions > 0:
+        if text.shape[1] > c.text_positions:
+          raise ConfigError(f"text of length {text.shape[1]} > config.text_positions={c.text_positions}")
+        x = x + self.text_pos_embed[:text.shape[1]][None]
+      return x
     return text
 
   def audio_positions(self, b: int, la: int):

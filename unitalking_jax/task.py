@@ -39,6 +39,7 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 def model_config(cfg) -> UniTalkingConfig:
   m, d = cfg.model, cfg.data
+  pinyin = m.get("text", "pinyin") == "pinyin"
   video = WanDiTConfig(patch_size=tuple(m.patch), num_attention_heads=m.heads, attention_head_dim=m.dim // m.heads,
                        in_channels=d.video_pca, out_channels=d.video_pca, text_dim=m.text_dim, freq_dim=m.freq_dim,
                        ffn_dim=m.ffn, num_layers=m.layers, dtype=cfg.trainer.precision.compute_dtype,
@@ -47,7 +48,8 @@ def model_config(cfg) -> UniTalkingConfig:
   return UniTalkingConfig(video, audio_channels=d.audio_pca, audio_patch=data_lib.MEL_PER_FRAME,
                           audio_ffn_dim=m.audio_ffn, ref_dim=d.audio_pca * data_lib.MEL_PER_FRAME,
                           audio_time_scale=m.audio_time_scale, audio_hw_pos=tuple(m.audio_hw_pos),
-                          text_vocab=len(pinyin_vocab()) if m.get("text", "pinyin") == "pinyin" else 0)
+                          text_vocab=len(pinyin_vocab()) if pinyin else 0,
+                          text_positions=d.text_len if pinyin and m.get("text_positions", False) else 0)
 
 
 def _remat(name: str) -> str:

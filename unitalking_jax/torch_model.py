@@ -11,7 +11,7 @@
 Modules: `self.video` is a diffusers WanTransformer3DModel (its state_dict is OUT/video_stream's); `self.audio`
 is a second WanTransformer3DModel for the audio twin (patch (1, 1, 1), in/out channels audio_channels *
 audio_patch, image_dim = ref_dim and added_kv_proj_dim = dim: the reference-audio K/V); `self.text_embed`
-[text_vocab, text_dim] when text ids are used. Only their pieces are called (patch_embedding,
+[text_vocab, text_dim] (+ `self.text_pos_embed` [text_positions, text_dim]) when text ids are used. Only their pieces are called (patch_embedding,
 condition_embedder, blocks[i] = WanTransformerBlock, norm_out / proj_out / scale_shift_table), never their
 forward: per layer the two blocks' norm1 + modulation + attn1.to_q/to_k/to_v + norm_q/norm_k + RoPE feed
 ONE F.scaled_dot_product_attention over [video | audio] tokens (TV2A: video queries may not attend to audio
@@ -192,6 +192,22 @@ def _head(stream, h, temb):
   return stream.proj_out(x)
 
 
+def _load_text_tables(model, params: dict, where: str):
+  """text_embed [vocab, text_dim] / text_pos_embed [positions, text_dim] from `params` into `model` (strict)."""
+  c = model.unitalking_config
+  for name, size in (("text_embed", c.text_vocab), ("text_pos_embed", c.text_positions)):
+    if size > 0:
+      if name not in params:
+        raise CheckpointError(f"{where}: no {name}, but the config asks for one of {size} rows")
+      arr = np.array(params[name], np.float32)
+      want = tuple(getattr(model, name).shape)
+      if arr.shape != want:
+        raise CheckpointError(f"{where}: {name} has shape {arr.shape}, expected {want}")
+      getattr(model, name).data.copy_(torch.from_numpy(arr))
+    elif name in params:
+      raise CheckpointError(f"{where}: has a {name} table, but the config has none (text_vocab / text_positions 0)")
+
+
 class UniTalkingTorch(nn.Module):
   """See the module docstring."""
 
@@ -205,6 +221,8 @@ class UniTalkingTorch(nn.Module):
       block.attn2.set_processor(TextRefAttnProcessor())
     if config.text_vocab > 0:
       self.text_embed = nn.Parameter(torch.zeros(config.text_vocab, config.video.text_dim))
+    if config.text_positions > 0:
+      self.text_pos_embed = nn.Parameter(torch.zeros(config.text_positions, config.video.text_dim))
 
   # -- loading --
 
@@ -215,13 +233,7 @@ class UniTalkingTorch(nn.Module):
     c = self.unitalking_config
     self.video.load_state_dict(_to_torch(export_wan_dit(wan_params(params), c.video)), strict=True)
     self.audio.load_state_dict(_to_torch(export_wan_dit(_audio_tree(params), c.audio)), strict=True)
-    if c.text_vocab > 0:
-      emb = np.array(params["text_embed"], np.float32)
-      if emb.shape != tuple(self.text_embed.shape):
-        raise CheckpointError(f"text_embed has shape {emb.shape}, expected {tuple(self.text_embed.shape)}")
-      self.text_embed.data.copy_(torch.from_numpy(emb))
-    elif "text_embed" in params:
-      raise CheckpointError("params have a text_embed table but config.text_vocab is 0")
+    _load_text_tables(self, params, "params")
     return self
 
   @classmethod
@@ -248,10 +260,7 @@ class UniTalkingTorch(nn.Module):
     model.audio.load_state_dict(_to_torch(audio_sd), strict=True)
     video = WanTransformer3DModel.from_pretrained(os.path.join(path, VIDEO_DIR))
     model.video.load_state_dict({k: v.float() for k, v in video.state_dict().items()}, strict=True)
-    if config.text_vocab > 0:
-      if "text_embed" not in rest:
-        raise CheckpointError(f"{rest_path}: no text_embed, but config.text_vocab = {config.text_vocab}")
-      model.text_embed.data.copy_(torch.from_numpy(np.asarray(rest["text_embed"], np.float32)))
+    _load_text_tables(model, rest, rest_path)
     return model.eval()
 
   # -- forward --
@@ -276,6 +285,10 @@ class UniTalkingTorch(nn.Module):
       if torch.is_floating_point(text):
         raise ConfigError(f"config.text_vocab > 0: text must be int ids [B, S], got {text.dtype}")
       text = self.text_embed[text]
+      if c.text_positions > 0:
+        if text.shape[1] > c.text_positions:
+          raise ConfigError(f"text of length {text.shape[1]} > config.text_positions={c.text_positions}")
+        text = text + self.text_pos_embed[:text.shape[1]][None]
     text = text.float()
     if ref is None:
       ref = torch.zeros(b, 1, c.ref_dim, device=dev)

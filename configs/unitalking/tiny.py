@@ -29,6 +29,7 @@ def get_config(arg: str = ""):
       dim=128, heads=4, layers=4, ffn=256, audio_ffn=256, patch=(1, 2, 2), freq_dim=64, text_dim=64,
       attention_impl="auto", audio_time_scale=1.0, audio_hw_pos=(0.0, 0.0),
       text="pinyin",  # "pinyin": learned table over pinyin syllable ids; "umt5": UMT5 features [B, S, text_dim]
+      text_positions=True,  # pinyin: + a learned position table (syllable order; UMT5 features carry their own)
       mask_text=True,  # False: no text mask in the cross-attention (Wan: attends to the zero-padded rows)
       # wan_path: a diffusers WanTransformer3DModel dir or an original Wan dir read into the video stream on a
       # fresh start (unitalking_jax/init_from.py); audio: "random" | "copy_video" (the twin copies same-shaped modules)
@@ -37,6 +38,7 @@ def get_config(arg: str = ""):
       seed=0, num_samples=100_000, lexicon_size=24, n_speakers=8, n_test_speakers=2, clauses=(1, 1),
       frame_size=80, face_crop=32, frames=32, text_len=8, pixel_factor=8, mel_mean=-5.0, mel_std=1.75, workers=0,
       video_pca=24, audio_pca=16, pca_fit_samples=200,
+      video_whiten=False,  # per-component PCA scales (unit variance each) instead of one global scale
       # model.text = "umt5": local dirs of the tokenizer and the transformers UMT5 encoder (text_dim = d_model)
       text_tokenizer="", text_encoder="", text_encoder_dtype="float32"))
   c.objective = ml_collections.ConfigDict(dict(

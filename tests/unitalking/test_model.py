@@ -1,12 +1,15 @@
 """UniTalking MM-DiT: TV2A mask semantics, video stream == WanDiT, stage-1 audio-only path, per-token clean."""
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from shared.errors import ConfigError
 from shared.models.wan_dit import WanDiT, WanDiTConfig
 from unitalking_jax.model import UniTalking, UniTalkingConfig, wan_params
 
@@ -113,3 +116,27 @@ def test_reference_audio_reaches_audio_stream(setup):
   # (a shifted or permuted reference would not do: LayerNorm removes shifts, attention ignores order)
   _, a2 = run(model, params, dict(x, ref=jax.random.normal(jax.random.key(9), x["ref"].shape)))
   assert np.abs(np.asarray(a1) - np.asarray(a2)).max() > 1e-5
+
+
+def test_text_positions_give_syllable_order(setup):
+  """Without a position table the cross-attention sees a bag of syllables: reordering the ids changes nothing;
+  with `text_positions` the order reaches both streams. Longer text than the table is a clear error."""
+  model, params, x = setup
+  flip = dict(x, text=jnp.array([[7, 5, 3, 0], [9, 2, 0, 0]]))   # same syllables, reversed, same mask
+  v1, a1 = run(model, params, x)
+  v2, a2 = run(model, params, flip)
+  np.testing.assert_allclose(np.asarray(a1), np.asarray(a2), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(v1), np.asarray(v2), rtol=1e-5, atol=1e-5)
+  pos = model.clone(config=dataclasses.replace(model.config, text_positions=6))
+  table = 0.5 * jax.random.normal(jax.random.key(3), (6, model.config.video.text_dim))
+  p2 = dict(params, text_pos_embed=table)
+  apply = jax.jit(lambda p, a: pos.apply({"params": p}, **a))   # not run(): its cache is per variant, not config
+  v1, a1 = apply(p2, x)
+  v2, a2 = apply(p2, flip)
+  assert np.abs(np.asarray(a1) - np.asarray(a2)).max() > 1e-3
+  assert np.abs(np.asarray(v1) - np.asarray(v2)).max() > 1e-3
+  with pytest.raises(ConfigError, match="text_positions=2"):
+    model.clone(config=dataclasses.replace(model.config, text_positions=2)).apply(
+        {"params": dict(params, text_pos_embed=table[:2])}, **x)
+  with pytest.raises(ConfigError, match="needs the learned text table"):
+    dataclasses.replace(model.config, text_vocab=0, text_positions=4)

@@ -25,7 +25,8 @@ def _config(text_vocab: int) -> UniTalkingConfig:
   v = WanDiTConfig(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=CV,
                    out_channels=CV, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, attention_impl="xla")
   return UniTalkingConfig(v, audio_channels=CA, audio_patch=2, audio_ffn_dim=24, ref_dim=REF,
-                          audio_time_scale=0.5, audio_hw_pos=(1.0, 3.0), text_vocab=text_vocab)
+                          audio_time_scale=0.5, audio_hw_pos=(1.0, 3.0), text_vocab=text_vocab,
+                          text_positions=S + 2 if text_vocab else 0)
 
 
 def _inputs(seed: int, text_vocab: int):

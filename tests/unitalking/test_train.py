@@ -148,3 +148,20 @@ def test_fsdp_8_devices_same_loss_as_1():
     out[fsdp] = {k: float(m[k]) for k in ("loss", "grad_norm", "loss_audio", "loss_video")}
   for k in out[1]:
     np.testing.assert_allclose(out[8][k], out[1][k], rtol=2e-5, err_msg=k)
+
+
+def test_pca_whiten_per_component_scales():
+  """Whitened PCA: every component has unit variance on the fitting data; the subspace (hence the reconstruction)
+  is the global-scale codec's; export arrays carry the per-component scales."""
+  from unitalking_jax.codecs import PCA
+  r = np.random.default_rng(0)
+  x = r.normal(size=(500, 12)) * np.geomspace(10.0, 0.1, 12) @ np.linalg.qr(r.normal(size=(12, 12)))[0]
+  glob, white = PCA.fit(x, 5), PCA.fit(x, 5, whiten=True)
+  zw, zg = white.encode(x), glob.encode(x)
+  np.testing.assert_allclose(zw.std(0), 1.0, rtol=1e-3)
+  assert zg.std(0).max() / zg.std(0).min() > 4      # one global scale keeps the spectrum
+  np.testing.assert_allclose(white.decode(zw), glob.decode(zg), rtol=1e-4, atol=1e-4)
+  cfg = get_config()
+  cfg.data.pca_fit_samples, cfg.data.video_whiten = 16, True
+  arrays = data_lib.codecs(cfg).arrays()
+  assert arrays["pca_video.scale"].shape == (cfg.data.video_pca,) and arrays["pca_audio.scale"].shape == (1,)
