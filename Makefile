@@ -2,8 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/main
-TRAIN_CONFIG ?= configs/demo/csr_tiny.py
-TRAIN_MODULE ?= shared.demo.csr
+TRAIN_CONFIG ?= configs/unitalking/tiny.py
+TRAIN_MODULE ?= unitalking_jax.train
 PYTEST_ARGS ?=
 TRAIN_ARGS ?=
 

@@ -7,7 +7,8 @@ Tasks, drawn per example by `cfg.objective.tasks` ratios inside the jitted loss 
   ti2av  text + first frame -> video + audio (first latent frame clean)
   tr2av  text + reference audio -> video + audio (the reference K/V gets real tokens; zeros otherwise)
 Objective: linear-path flow matching (shared.diffusion), σ ~ shifted uniform/logit-normal, one σ per example
-shared by both streams, clean tokens at σ = 0 and out of the loss; loss = video MSE + audio_weight * audio MSE.
+shared by both streams (a share `objective.p_independent_sigma` of examples draws the video σ independently),
+clean tokens at σ = 0 and out of the loss; loss = video MSE + audio_weight * audio MSE.
 Text: pinyin ids [B, S] (learned table) or, model.text = "umt5", frozen UMT5 features [B, S, text_dim] from the
 data pipeline (unitalking_jax/text_encoder.py), with batch["text_mask"] [B, S]; model.mask_text=False drops
 the mask from the cross-attention (Wan's DiT attends to the zero rows too).
@@ -81,6 +82,23 @@ def null_text(text, mask, drop=None):
           jnp.where(drop[:, None], first, mask))
 
 
+def draw_sigmas(rng, clean, o):
+  """clean [B, T] bool (latent frames given as conditions), o = cfg.objective -> (audio σ [B], video σ [B, T]).
+
+  One shifted σ per example shared by both streams; a share `o.p_independent_sigma` of the examples draws the
+  video σ on its own (so each stream also learns to read the other at a different noise level: audio from a
+  half-formed mouth, the mouth from formed speech); clean frames get σ = 0."""
+  k_sig, k_own, k_pick = jax.random.split(rng, 3)
+  b = clean.shape[0]
+  sigma = sample_sigma(k_sig, (b,), method=o.sampling, shift=o.timestep_shift)
+  sigma_v = sigma
+  p_ind = float(o.get("p_independent_sigma", 0.0))
+  if p_ind > 0:
+    own = sample_sigma(k_own, (b,), method=o.sampling, shift=o.timestep_shift)
+    sigma_v = jnp.where(jax.random.uniform(k_pick, (b,)) < p_ind, own, sigma)
+  return sigma, jnp.where(clean, 0.0, sigma_v[:, None])
+
+
 def make_loss(cfg, model: UniTalking):
   o = cfg.objective
   ratios = np.array([float(o.tasks[t]) for t in TASKS], np.float64)
@@ -100,8 +118,7 @@ def make_loss(cfg, model: UniTalking):
     if audio_only:
       is_tv2a = is_ti2av = jnp.zeros((b,), bool)
     clean = is_tv2a[:, None] | (is_ti2av[:, None] & (jnp.arange(t) == 0)[None])   # [B, T] latent frames
-    sigma = sample_sigma(k_sig, (b,), method=o.sampling, shift=o.timestep_shift)
-    sig_v = jnp.where(clean, 0.0, sigma[:, None])
+    sigma, sig_v = draw_sigmas(k_sig, clean, o)
     noise_v = jax.random.normal(k_nv, video.shape, jnp.float32)
     noise_a = jax.random.normal(k_na, audio.shape, jnp.float32)
     xv = interpolate(video, noise_v, sig_v)
@@ -259,9 +276,10 @@ def make_task(cfg) -> train_lib.Task:
     if cfg.stage.number == 1:  # the audio stream alone: joint clips come from stage 2
       return
     s = cfg.sampling
-    batch = eval_batch(cfg, s.num)
+    n = max(s.num, int(s.get("score_clips", s.num)))   # scores over n held-out clips; media for the first s.num
+    batch = eval_batch(cfg, n)
     from unitalking_jax import template_decoder as td
-    refs = td.heldout_refs(cfg, s.num)
+    refs = td.heldout_refs(cfg, n)
     c = data_lib.codecs(cfg)
 
     def ser(audio):  # template-decoder syllable error rate (and chance) of the audio against the clips' text
@@ -274,10 +292,10 @@ def make_task(cfg) -> train_lib.Task:
     lines = [f"real: {sync_of(cfg, batch['video'], batch['audio'])} {ser(batch['audio'])}"]
     for t in ("t2av", "tv2a"):
       v, a = generate(params, batch, t, seed=step)
-      write_samples(out_dir, cfg, v, a, [f"{t}_{i}" for i in range(s.num)])
+      write_samples(out_dir, cfg, v[:s.num], a[:s.num], [f"{t}_{i}" for i in range(s.num)])
       lines.append(f"{t}: {sync_of(cfg, v, a)} {ser(a)}")
     with open(os.path.join(out_dir, "sync.txt"), "w") as f:
-      f.write("\n".join(lines) + "\n")
+      f.write(f"{n} held-out clips\n" + "\n".join(lines) + "\n")
 
   task = train_lib.Task(init_params=init_params, loss_fn=make_loss(cfg, model), make_train_iter=make_iter,
                         trainable=(lambda p: any(p.startswith(x) for x in prefixes)),

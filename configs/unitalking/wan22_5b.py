@@ -41,4 +41,5 @@ def get_config(arg: str = ""):
   c.trainer.total_steps = 100_000
   c.sampling.update(dict(sampler="unipc", steps=50, shift=5.0, text_scale=5.0, ref_scale=2.0))
   c.objective.timestep_shift = 5.0
+  c.objective.p_independent_sigma = 0.0   # the paper's objective: one σ per example for both streams
   return c

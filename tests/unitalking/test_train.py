@@ -32,6 +32,7 @@ def small_config(**stage):
   cfg.data.pca_fit_samples = 48
   cfg.sampling.steps = 3
   cfg.sampling.num = 2
+  cfg.sampling.score_clips = 3
   cfg.stage.update(stage)
   return cfg
 
@@ -51,7 +52,8 @@ def test_tiny_trains_loss_falls(tmp_path):
   for t in ("t2av", "tv2a"):
     assert {f"{t}_0.wav", f"{t}_0.mp4", f"{t}_0_frames.png", f"{t}_0_mel.png"} <= files
   sync = open(tmp_path / "samples" / "30" / "sync.txt").read().splitlines()
-  assert [l.split(":")[0] for l in sync] == ["real", "t2av", "tv2a"] and all("ser " in l for l in sync), sync
+  assert sync[0] == "3 held-out clips" and "t2av_2.wav" not in files   # scored over 3, media for 2
+  assert [l.split(":")[0] for l in sync[1:]] == ["real", "t2av", "tv2a"] and all("ser " in l for l in sync[1:]), sync
   batch = {k: v[:2] for k, v in data_lib.collate(
       [data_lib.prepare(data_lib.source(cfg, "test")[i], cfg) for i in range(2)]).items()}
   v, a = task.generate(result.state.params, batch, "tv2a")
@@ -165,3 +167,22 @@ def test_pca_whiten_per_component_scales():
   cfg.data.pca_fit_samples, cfg.data.video_whiten = 16, True
   arrays = data_lib.codecs(cfg).arrays()
   assert arrays["pca_video.scale"].shape == (cfg.data.video_pca,) and arrays["pca_audio.scale"].shape == (1,)
+
+
+def test_draw_sigmas_shared_independent_and_clean():
+  """One σ per example for both streams; p_independent_sigma = 1 decouples the video σ; clean frames are 0."""
+  import ml_collections
+  from unitalking_jax.task import draw_sigmas
+  clean = np.zeros((256, 4), bool)
+  clean[:, 0] = True
+  o = ml_collections.ConfigDict(dict(sampling="uniform", timestep_shift=3.0, p_independent_sigma=0.0))
+  sa, sv = (np.asarray(x) for x in draw_sigmas(jax.random.key(0), clean, o))
+  assert (sv[:, 0] == 0).all() and (sv[:, 1:] == sa[:, None]).all()
+  o.p_independent_sigma = 1.0
+  sa1, sv1 = (np.asarray(x) for x in draw_sigmas(jax.random.key(0), clean, o))
+  np.testing.assert_array_equal(sa1, sa)                       # the audio σ does not move
+  assert (sv1[:, 0] == 0).all() and (sv1[:, 1:] == sv1[:, 1:2]).all() and (sv1[:, 1] != sa).all()
+  assert abs(np.corrcoef(sv1[:, 1], sa)[0, 1]) < 0.2         # drawn apart
+  o.p_independent_sigma = 0.5
+  _, svh = (np.asarray(x) for x in draw_sigmas(jax.random.key(0), clean, o))
+  assert 0.3 < np.mean(svh[:, 1] != sa) < 0.7
