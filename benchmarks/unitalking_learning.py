@@ -22,6 +22,7 @@ from absl import app, flags
 flags.DEFINE_string("workdir", None, "UniTalking training workdir.")
 flags.DEFINE_integer("n", 32, "Held-out clips per task.")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
+flags.DEFINE_float("text_scale", None, "CFG text scale (default: the workdir config's sampling.text_scale).")
 FLAGS = flags.FLAGS
 
 
@@ -33,6 +34,8 @@ def main(argv):
   from unitalking_jax.task import eval_batch, sync_of
   from unitalking_jax import template_decoder as td
   cfg, task, params = load(FLAGS.workdir)
+  if FLAGS.text_scale is not None:
+    cfg.sampling.text_scale = FLAGS.text_scale
   batch = eval_batch(cfg, FLAGS.n)
   codecs = data_lib.codecs(cfg)
   refs = td.heldout_refs(cfg, FLAGS.n)
@@ -46,7 +49,8 @@ def main(argv):
         flush=True)
   for t in ("t2av", "ti2av", "tv2a"):
     v, a = task.generate(params, batch, t, seed=FLAGS.seed)
-    print(json.dumps({"task": t, **common, "steps": int(cfg.sampling.steps), "train_step": _step(FLAGS.workdir),
+    print(json.dumps({"task": t, **common, "steps": int(cfg.sampling.steps), "seed": FLAGS.seed,
+                      "text_scale": float(cfg.sampling.text_scale), "train_step": _step(FLAGS.workdir),
                       **sync_of(cfg, np.asarray(v), np.asarray(a)), **ser(a)}), flush=True)
 
 

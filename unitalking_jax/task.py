@@ -289,13 +289,25 @@ def make_task(cfg) -> train_lib.Task:
         return f"ser n/a ({e})"
       return f"ser {r['ser']:.3f} (chance {r['ser_chance']:.3f})"
 
+    rows = []
+
+    def curves(label, video_lat, audio_lat, k):  # sync.png rows: mouth opening and audio energy per frame
+      for i in range(min(k, len(video_lat))):
+        op = data_lib.mouth_opening(c.decode_video(np.asarray(video_lat[i])))
+        en = data_lib.audio_energy(c.log_mel(np.asarray(audio_lat[i])))
+        rows.append((f"{label}_{i} r={data_lib._corr(op, en):.2f}", op, en))
+
     lines = [f"real: {sync_of(cfg, batch['video'], batch['audio'])} {ser(batch['audio'])}"]
+    curves("real", batch["video"], batch["audio"], 2)
     for t in ("t2av", "tv2a"):
       v, a = generate(params, batch, t, seed=step)
       write_samples(out_dir, cfg, v[:s.num], a[:s.num], [f"{t}_{i}" for i in range(s.num)])
       lines.append(f"{t}: {sync_of(cfg, v, a)} {ser(a)}")
+      curves(t, v, a, s.num if t == "t2av" else 2)
     with open(os.path.join(out_dir, "sync.txt"), "w") as f:
       f.write(f"{n} held-out clips\n" + "\n".join(lines) + "\n")
+    from unitalking_jax.sync_plot import sync_figure
+    sync_figure(rows).save(os.path.join(out_dir, "sync.png"))
 
   task = train_lib.Task(init_params=init_params, loss_fn=make_loss(cfg, model), make_train_iter=make_iter,
                         trainable=(lambda p: any(p.startswith(x) for x in prefixes)),

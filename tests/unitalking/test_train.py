@@ -53,6 +53,9 @@ def test_tiny_trains_loss_falls(tmp_path):
     assert {f"{t}_0.wav", f"{t}_0.mp4", f"{t}_0_frames.png", f"{t}_0_mel.png"} <= files
   sync = open(tmp_path / "samples" / "30" / "sync.txt").read().splitlines()
   assert sync[0] == "3 held-out clips" and "t2av_2.wav" not in files   # scored over 3, media for 2
+  from PIL import Image as _Image
+  plot = _Image.open(tmp_path / "samples" / "30" / "sync.png")   # rows: real 2, t2av 2 (= num), tv2a 2
+  assert plot.size[1] == 16 + 6 * 56 and plot.size[0] > 150 + 8 * cfg.data.frames
   assert [l.split(":")[0] for l in sync[1:]] == ["real", "t2av", "tv2a"] and all("ser " in l for l in sync[1:]), sync
   batch = {k: v[:2] for k, v in data_lib.collate(
       [data_lib.prepare(data_lib.source(cfg, "test")[i], cfg) for i in range(2)]).items()}
