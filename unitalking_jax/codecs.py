@@ -87,7 +87,8 @@ class PCA:
   components [k, d] (orthonormal rows), scale: one global factor so that z has unit mean variance, or with
   `whiten` one factor per component [k] so that each has unit variance (per-channel latent normalisation, as
   Wan's VAE latents are normalised per channel: small but meaningful components, a talking face's mouth motion,
-  are not drowned by the noise of flow matching until its last steps). Fitted by SVD on data (`fit`); keeps a token's width below the model width (a 128-wide model cannot carry 768 noise
+  are not drowned by the noise of flow matching until its last steps). Fitted by SVD on data (`fit`); keeps a
+  token's width below the model width (a 128-wide model cannot carry 768 noise
   values per token, so flow matching on raw space-to-depth pixels fails to learn: the tiny configs need a
   compressing codec as real VAEs are)."""
   mean: np.ndarray

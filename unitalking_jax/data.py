@@ -243,20 +243,30 @@ def mouth_opening(frames: np.ndarray, k: int = 4) -> np.ndarray:
   return 255.0 - np.sort(lum.reshape(lum.shape[0], -1), axis=1)[:, :k].mean(1)
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
+def corr(a: np.ndarray, b: np.ndarray) -> float:
+  """Pearson correlation of two [T] series (0 when either is constant)."""
   a, b = a - a.mean(), b - b.mean()
   den = np.sqrt((a * a).sum() * (b * b).sum())
   return float((a * b).sum() / den) if den > 1e-8 else 0.0
+
+
+def sync_curves(frames: list, mels: list) -> tuple[list, list]:
+  """frames: per clip [T, H, W, 3] uint8; mels: per clip log-mel [4 T, n_mels] -> (mouth opening [T] per clip,
+  audio energy [T] per clip): the two series the sync score correlates (and sync.png draws)."""
+  return [mouth_opening(f) for f in frames], [audio_energy(m) for m in mels]
 
 
 def sync_score(frames: list, mels: list) -> dict:
   """Matched vs shuffled sync. frames: per clip [T, H, W, 3] uint8; mels: per clip log-mel [4 T, n_mels].
   Returns {"sync": mean corr of matched pairs, "sync_shuffled": mean corr of (video_i, audio_{i+1}) pairs,
   "sync_margin": their difference}."""
-  op = [mouth_opening(f) for f in frames]
-  en = [audio_energy(m) for m in mels]
+  return sync_score_of_curves(*sync_curves(frames, mels))
+
+
+def sync_score_of_curves(op: list, en: list) -> dict:
+  """sync_score from sync_curves' output."""
   n = len(op)
-  matched = [_corr(op[i], en[i]) for i in range(n)]
-  shuffled = [_corr(op[i], en[(i + 1) % n]) for i in range(n)] if n > 1 else [0.0]
+  matched = [corr(op[i], en[i]) for i in range(n)]
+  shuffled = [corr(op[i], en[(i + 1) % n]) for i in range(n)] if n > 1 else [0.0]
   return {"sync": float(np.mean(matched)), "sync_shuffled": float(np.mean(shuffled)),
           "sync_margin": float(np.mean(matched) - np.mean(shuffled))}

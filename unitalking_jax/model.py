@@ -249,17 +249,14 @@ def frame_to_token(per_frame, config: UniTalkingConfig, height: int, width: int)
   return jnp.repeat(x, video_tokens_per_frame(config, height, width), axis=1)
 
 
-def wan_params(params) -> dict:
-  """The video stream's params in WanDiT's tree (shared.models.wan_dit.WanDiT / shared.weights Wan table)."""
-  return {"patch_embedding": params["video_patch_embedding"],
-          "condition_embedder": params["video_condition_embedder"],
-          "blocks": params["blocks"]["video"],
-          "proj_out": params["video_head"]["proj_out"],
-          "scale_shift_table": params["video_head"]["scale_shift_table"]}
-
-
-def flat_block_count(config: UniTalkingConfig) -> int:
-  return config.video.num_layers
+def wan_params(params, stream: str = "video") -> dict:
+  """One stream's params ("video" | "audio") in WanDiT's tree (shared.models.wan_dit.WanDiT / shared.weights'
+  Wan table): the video stream is a Wan DiT, the audio twin has the same layout."""
+  return {"patch_embedding": params[f"{stream}_patch_embedding"],
+          "condition_embedder": params[f"{stream}_condition_embedder"],
+          "blocks": params["blocks"][stream],
+          "proj_out": params[f"{stream}_head"]["proj_out"],
+          "scale_shift_table": params[f"{stream}_head"]["scale_shift_table"]}
 
 
 def param_count(params) -> int:

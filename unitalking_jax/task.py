@@ -218,11 +218,14 @@ def eval_batch(cfg, n: int, split: str = "test") -> dict:
   return data_lib.collate([data_lib.prepare(src[i], cfg) for i in range(n)])
 
 
-def sync_of(cfg, video_lat, audio_lat) -> dict:
+def sync_of(cfg, video_lat, audio_lat, curves: bool = False):
+  """Sync score (data.sync_score) of latents; curves=True -> (score, mouth openings, audio energies)."""
   c = data_lib.codecs(cfg)
   frames = [c.decode_video(np.asarray(v)) for v in video_lat]
   mels = [c.log_mel(np.asarray(a)) for a in audio_lat]
-  return data_lib.sync_score(frames, mels)
+  op, en = data_lib.sync_curves(frames, mels)
+  score = data_lib.sync_score_of_curves(op, en)
+  return (score, op, en) if curves else score
 
 
 def load(workdir: str):
@@ -289,21 +292,18 @@ def make_task(cfg) -> train_lib.Task:
         return f"ser n/a ({e})"
       return f"ser {r['ser']:.3f} (chance {r['ser_chance']:.3f})"
 
-    rows = []
+    rows, lines = [], []   # sync.png rows (label, mouth opening, audio energy); sync.txt lines
 
-    def curves(label, video_lat, audio_lat, k):  # sync.png rows: mouth opening and audio energy per frame
-      for i in range(min(k, len(video_lat))):
-        op = data_lib.mouth_opening(c.decode_video(np.asarray(video_lat[i])))
-        en = data_lib.audio_energy(c.log_mel(np.asarray(audio_lat[i])))
-        rows.append((f"{label}_{i} r={data_lib._corr(op, en):.2f}", op, en))
+    def score(label, video_lat, audio_lat, k):
+      sync, op, en = sync_of(cfg, video_lat, audio_lat, curves=True)
+      lines.append(f"{label}: {sync} {ser(audio_lat)}")
+      rows.extend((f"{label}_{i} r={data_lib.corr(op[i], en[i]):.2f}", op[i], en[i]) for i in range(min(k, len(op))))
 
-    lines = [f"real: {sync_of(cfg, batch['video'], batch['audio'])} {ser(batch['audio'])}"]
-    curves("real", batch["video"], batch["audio"], 2)
+    score("real", batch["video"], batch["audio"], 2)
     for t in ("t2av", "tv2a"):
       v, a = generate(params, batch, t, seed=step)
       write_samples(out_dir, cfg, v[:s.num], a[:s.num], [f"{t}_{i}" for i in range(s.num)])
-      lines.append(f"{t}: {sync_of(cfg, v, a)} {ser(a)}")
-      curves(t, v, a, s.num if t == "t2av" else 2)
+      score(t, v, a, s.num if t == "t2av" else 2)
     with open(os.path.join(out_dir, "sync.txt"), "w") as f:
       f.write(f"{n} held-out clips\n" + "\n".join(lines) + "\n")
     from unitalking_jax.sync_plot import sync_figure

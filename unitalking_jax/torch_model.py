@@ -34,7 +34,7 @@ from torch import nn
 
 from shared.errors import CheckpointError, ConfigError
 from shared.models.wan_dit import WanDiTConfig
-from unitalking_jax.model import UniTalkingConfig
+from unitalking_jax.model import UniTalkingConfig, wan_params
 
 REST_FILE = "unitalking_rest.safetensors"
 CONFIG_FILE = "unitalking_config.json"
@@ -83,15 +83,6 @@ def config_from_export(path: str) -> UniTalkingConfig:
 def _diffusers_kwargs(c: WanDiTConfig) -> dict:
   from shared.weights.wan_dit_family import config_to_diffusers
   return {k: v for k, v in config_to_diffusers(c).items() if not k.startswith("_")}
-
-
-def _audio_tree(params: dict) -> dict:
-  """Our params -> the audio twin's params in WanDiT's tree (what shared.weights' Wan table exports)."""
-  return {"patch_embedding": params["audio_patch_embedding"],
-          "condition_embedder": params["audio_condition_embedder"],
-          "blocks": params["blocks"]["audio"],
-          "proj_out": params["audio_head"]["proj_out"],
-          "scale_shift_table": params["audio_head"]["scale_shift_table"]}
 
 
 def _to_torch(sd: dict) -> dict:
@@ -229,10 +220,9 @@ class UniTalkingTorch(nn.Module):
   def load_params(self, params: dict) -> "UniTalkingTorch":
     """Our params pytree (nested dicts of arrays, as UniTalking.init gives) -> this module's weights (strict)."""
     from shared.weights.wan_dit_family import export_wan_dit
-    from unitalking_jax.model import wan_params
     c = self.unitalking_config
     self.video.load_state_dict(_to_torch(export_wan_dit(wan_params(params), c.video)), strict=True)
-    self.audio.load_state_dict(_to_torch(export_wan_dit(_audio_tree(params), c.audio)), strict=True)
+    self.audio.load_state_dict(_to_torch(export_wan_dit(wan_params(params, "audio"), c.audio)), strict=True)
     _load_text_tables(self, params, "params")
     return self
 
@@ -254,7 +244,7 @@ class UniTalkingTorch(nn.Module):
     rest = _unflatten(load_file(rest_path))
     from shared.weights.wan_dit_family import export_wan_dit
     try:
-      audio_sd = export_wan_dit(_audio_tree(rest), config.audio)
+      audio_sd = export_wan_dit(wan_params(rest, "audio"), config.audio)
     except KeyError as e:
       raise CheckpointError(f"{rest_path}: missing parameter group {e}") from e
     model.audio.load_state_dict(_to_torch(audio_sd), strict=True)

@@ -130,7 +130,7 @@ def test_codecs_and_sync_score_on_real_clips():
   score = data_lib.sync_score(frames, mels)
   # SynthCue's audio energy follows the mouth: real pairs sync clearly better than shuffled pairs
   assert score["sync"] > 0.4 and score["sync_margin"] > 0.12, score  # 16 clips, 64-clip codec: ~0.49 vs ~0.29
-  opening = np.mean([data_lib._corr(data_lib.mouth_opening(f), p["mouth_open"]) for f, p in zip(frames, prepared)])
+  opening = np.mean([data_lib.corr(data_lib.mouth_opening(f), p["mouth_open"]) for f, p in zip(frames, prepared)])
   assert opening > 0.5
   with pytest.raises(DataError, match="face crop"):
     data_lib.face_crop(samples[0]["video"], samples[0]["pose"], 79)
