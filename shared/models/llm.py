@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,14 +29,7 @@ from shared.nn.lora import LoraConfig
 from shared.nn.mlp import GatedMLP
 from shared.nn.norms import RMSNorm
 from shared.nn import rope
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": "full",
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "nothing": jax.checkpoint_policies.nothing_saveable,
-}
+from shared.nn.remat import RESIDUAL, check_remat_policy, checkpoint_name, remat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +59,14 @@ class LLMConfig:
   remat_policy: str = "none"
   lora: LoraConfig | None = None
   attention_impl: str = "auto"
+  # imported config.json keys outside the fields above, as sorted (key, JSON text) pairs; written back on
+  # export (shared/weights/llm_family); metadata, so left out of == and hash
+  hf_extra: tuple = dataclasses.field(default=(), compare=False)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ConfigError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ConfigError(f"remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
+    check_remat_policy(self.remat_policy)
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
     if isinstance(self.eos_token_id, int):
@@ -99,11 +93,11 @@ class DecoderLayer(nn.Module):
                              lora=c.lora, implementation=c.attention_impl, name="self_attn")(
         r, angles=angles, mask=mask, causal=True, cache=cache, cache_index=cache_index,
         deterministic=deterministic)
-    h = h + a
+    h = checkpoint_name(h + a, RESIDUAL)
     r = RMSNorm(c.rms_eps, dt, pdt, name="post_attention_layernorm")(h)
     h = h + GatedMLP(c.intermediate_size, c.hidden_act, c.mlp_bias, dt, pdt, c.lora, name="mlp")(
         r, deterministic)
-    h = nn.with_logical_constraint(h, ("batch", None, "act_embed"))
+    h = nn.with_logical_constraint(checkpoint_name(h, RESIDUAL), ("batch", None, "act_embed"))
     return h, new_cache
 
 
@@ -117,10 +111,7 @@ class LLM(nn.Module):
     self.norm = RMSNorm(c.rms_eps, dt, pdt)
     if not c.tie_embeddings:
       self.lm_head = Dense(c.vocab_size, False, ("embed", "vocab"), dt, pdt)
-    layer = DecoderLayer
-    policy = REMAT_POLICIES[c.remat_policy]
-    if policy is not None:
-      layer = nn.remat(layer, prevent_cse=False, policy=None if policy == "full" else policy, static_argnums=(6,))
+    layer = remat(DecoderLayer, c.remat_policy, static_argnums=(6,))
     stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                     in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast), length=c.num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})

@@ -30,7 +30,8 @@ from shared.nn.lora import LoraConfig
 from shared.nn.mha import MultiHeadAttention
 from shared.nn.mlp import ACTIVATIONS, GatedMLP
 from shared.nn.norms import RMSNorm
-from shared.nn.scan import REMAT_POLICIES, scan_layers
+from shared.nn.remat import RESIDUAL, check_remat_policy, checkpoint_name
+from shared.nn.scan import scan_layers
 from shared.nn.t5_bias import RelativePositionBias
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +53,12 @@ class UMT5Config:
   remat_policy: str = "none"
   lora: LoraConfig | None = None
   attention_impl: str = "auto"
+  # imported config.json keys outside the fields above, as sorted (key, JSON text) pairs; written back on
+  # export (shared/weights/umt5_family); metadata, so left out of == and hash
+  hf_extra: tuple = dataclasses.field(default=(), compare=False)
 
   def __post_init__(self):
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ConfigError(f"remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
+    check_remat_policy(self.remat_policy)
     if self.dense_act_fn not in ACTIVATIONS:
       raise ConfigError(f"dense_act_fn {self.dense_act_fn!r} not in {sorted(ACTIVATIONS)}")
 
@@ -77,10 +80,10 @@ class UMT5Layer(nn.Module):
     a, _ = MultiHeadAttention(c.num_heads, c.d_kv, False, False, False, False, scale=1.0, names=("q", "k", "v", "o"),
                               dtype=dt, param_dtype=pdt, lora=c.lora, implementation=c.attention_impl,
                               name="SelfAttention")(r, bias=bias, mask=mask, deterministic=deterministic)
-    h = h + a
+    h = checkpoint_name(h + a, RESIDUAL)
     r = RMSNorm(c.layer_norm_epsilon, dt, pdt, name="ffn_norm")(h)
     h = h + GatedMLP(c.d_ff, c.dense_act_fn, False, dt, pdt, c.lora, name="DenseReluDense")(r, deterministic)
-    return nn.with_logical_constraint(h, ("batch", None, "act_embed")), None
+    return nn.with_logical_constraint(checkpoint_name(h, RESIDUAL), ("batch", None, "act_embed")), None
 
 
 class UMT5Encoder(nn.Module):

@@ -40,11 +40,11 @@ import numpy as np
 
 from shared import kernels
 from shared.errors import ConfigError
-from shared.models.llm import REMAT_POLICIES
 from shared.nn import rope
 from shared.nn.linear import Dense
 from shared.nn.mlp import MLP
 from shared.nn.norms import LayerNorm, RMSNorm
+from shared.nn.remat import ATTENTION_OUT, RESIDUAL, check_remat_policy, checkpoint_name, remat
 
 F32 = jnp.float32
 TORCH_LINEAR_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -74,6 +74,10 @@ class WanDiTConfig:
   param_dtype: str = "float32"
   remat_policy: str = "none"
   attention_impl: str = "auto"
+  # original-Wan config.json keys not modelled here (model_type, text_len, window_size, qk_norm) as sorted
+  # (key, JSON text) pairs; written back by the original-layout export (shared/weights/wan_dit_family);
+  # metadata, so left out of == and hash
+  hf_extra: tuple = dataclasses.field(default=(), compare=False)
 
   def __post_init__(self):
     object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -81,8 +85,7 @@ class WanDiTConfig:
       raise ConfigError(f"patch_size {self.patch_size} must have 3 entries (t, h, w)")
     if self.out_channels is None:
       object.__setattr__(self, "out_channels", self.in_channels)
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ConfigError(f"remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
+    check_remat_policy(self.remat_policy)
     if self.attention_head_dim % 2 or min(self.rope_dims) <= 0:
       raise ConfigError(f"attention_head_dim {self.attention_head_dim} must be even and >= 6 (t/h/w RoPE split)")
     if (self.image_dim is None) != (self.added_kv_proj_dim is None):
@@ -196,7 +199,7 @@ class WanAttention(nn.Module):
     if image_context is not None:
       ki, vi = self.image_kv(image_context)
       o = o + kernels.attention(q, ki, vi, mask=image_mask, implementation=impl)
-    return self.out(o)
+    return self.out(checkpoint_name(o, ATTENTION_OUT))
 
 
 class WanBlock(nn.Module):
@@ -237,7 +240,8 @@ class WanBlock(nn.Module):
   def post_attention(self, h, o, mod, context, context_mask=None, image_context=None, image_mask=None):
     """h [B, L, D] residual, o [B, L, H, Dh] self-attention output -> new h [B, L, D] f32
     (gated attn1 output, cross-attention, gated FFN)."""
-    h = h.astype(F32) + self.attn1.out(o).astype(F32) * mod[2]
+    o = checkpoint_name(o, ATTENTION_OUT)
+    h = checkpoint_name(h.astype(F32) + self.attn1.out(o).astype(F32) * mod[2], RESIDUAL)
     return self.cross_and_ffn(h, mod, context, context_mask, image_context, image_mask)
 
   def cross_and_ffn(self, h, mod, context, context_mask=None, image_context=None, image_mask=None):
@@ -246,8 +250,9 @@ class WanBlock(nn.Module):
     keys = lambda m: None if m is None else jnp.asarray(m, bool)[:, None, None, :]  # noqa: E731
     h = h + self.attn2(x.astype(jnp.dtype(c.dtype)), context, mask=keys(context_mask), image_context=image_context,
                        image_mask=keys(image_mask)).astype(F32)
+    h = checkpoint_name(h, RESIDUAL)
     x = (layer_norm(h, c.eps) * (1 + mod[4]) + mod[3]).astype(jnp.dtype(c.dtype))
-    h = h + self.ffn(x).astype(F32) * mod[5]
+    h = checkpoint_name(h + self.ffn(x).astype(F32) * mod[5], RESIDUAL)
     return nn.with_logical_constraint(h, ("batch", "length", "act_embed"))
 
   def __call__(self, h, context, temb_proj, angles, context_mask=None, image_context=None, image_mask=None):
@@ -345,10 +350,7 @@ class WanDiT(nn.Module):
     dt, pdt = _dts(c)
     self.patch_embedding = PatchEmbed(c)
     self.condition_embedder = WanConditionEmbedder(c)
-    block = _ScannedBlock
-    policy = REMAT_POLICIES[c.remat_policy]
-    if policy is not None:
-      block = nn.remat(block, prevent_cse=False, policy=None if policy == "full" else policy)
+    block = remat(_ScannedBlock, c.remat_policy)
     self.blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                           in_axes=(nn.broadcast,) * 5, length=c.num_layers,
                           metadata_params={nn.PARTITION_NAME: "layers"})(c)

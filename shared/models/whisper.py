@@ -32,7 +32,8 @@ from shared.nn.lora import LoraConfig
 from shared.nn.mha import MultiHeadAttention
 from shared.nn.mlp import ACTIVATIONS, MLP
 from shared.nn.norms import LayerNorm
-from shared.nn.scan import REMAT_POLICIES, scan_layers
+from shared.nn.remat import RESIDUAL, check_remat_policy, checkpoint_name
+from shared.nn.scan import scan_layers
 from shared.nn.positions import sinusoid_init
 
 PREFIXES = {"WhisperEncoder": "", "WhisperModel": "encoder.", "WhisperForConditionalGeneration": "model.encoder.",
@@ -55,10 +56,13 @@ class WhisperEncoderConfig:
   remat_policy: str = "none"
   lora: LoraConfig | None = None
   attention_impl: str = "auto"
+  # imported config.json keys this encoder does not model (decoder sizes, vocab, token ids, ...) as sorted
+  # (key, JSON text) pairs; written back on export (shared/weights/whisper_family); metadata, so left out
+  # of == and hash
+  hf_extra: tuple = dataclasses.field(default=(), compare=False)
 
   def __post_init__(self):
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ConfigError(f"remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
+    check_remat_policy(self.remat_policy)
     if self.activation_function not in ACTIVATIONS:
       raise ConfigError(f"activation_function {self.activation_function!r} not in {sorted(ACTIVATIONS)}")
     if self.architecture not in PREFIXES:
@@ -82,10 +86,10 @@ class WhisperLayer(nn.Module):
     r = LayerNorm(c.layer_norm_eps, **kw, name="self_attn_layer_norm")(h)
     a, _ = MultiHeadAttention(heads, c.d_model // heads, k_bias=False, lora=c.lora, implementation=c.attention_impl,
                               **kw, name="self_attn")(r, mask=mask, deterministic=deterministic)
-    h = h + a
+    h = checkpoint_name(h + a, RESIDUAL)
     r = LayerNorm(c.layer_norm_eps, **kw, name="final_layer_norm")(h)
     h = h + MLP(c.encoder_ffn_dim, c.activation_function, True, lora=c.lora, **kw, name="mlp")(r, deterministic)
-    return nn.with_logical_constraint(h, ("batch", None, "act_embed")), None
+    return nn.with_logical_constraint(checkpoint_name(h, RESIDUAL), ("batch", None, "act_embed")), None
 
 
 class WhisperEncoder(nn.Module):

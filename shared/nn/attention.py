@@ -12,13 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from shared import kernels
+from shared.nn import kv_cache
 from shared.nn.linear import Dense
 from shared.nn.lora import LoraConfig
 from shared.nn.norms import RMSNorm
+from shared.nn.remat import ATTENTION_OUT, checkpoint_name
 from shared.nn.rope import apply_rotary
 
 Dtype = Any
@@ -73,15 +74,10 @@ class Attention(nn.Module):
     offset = 0
     new_cache = None
     if cache is not None:
-      k_cache, v_cache = cache
-      idx = jnp.asarray(cache_index, jnp.int32)
-      zero = jnp.zeros((), jnp.int32)
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (zero, idx, zero, zero))
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (zero, idx, zero, zero))
-      new_cache = (k_cache, v_cache)
-      k, v, offset = k_cache.astype(self.dtype), v_cache.astype(self.dtype), idx
+      new_cache, k, v, offset = kv_cache.update(cache, k, v, cache_index, self.dtype)
     y = kernels.attention(q, k, v, mask=mask, causal=causal, causal_offset=offset,
                           implementation=self.implementation)
+    y = checkpoint_name(y, ATTENTION_OUT)
     y = y.reshape(b, l, self.num_heads * self.head_dim)
     y = Dense(e, self.out_bias, ("heads", "embed"), name="o_proj", **kw)(y, deterministic)
     return y, new_cache

@@ -18,12 +18,13 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from shared import kernels
+from shared.nn import kv_cache
 from shared.nn.linear import Dense
 from shared.nn.lora import LoraConfig
+from shared.nn.remat import ATTENTION_OUT, checkpoint_name
 
 Dtype = Any
 
@@ -69,14 +70,9 @@ class MultiHeadAttention(nn.Module):
     q = nn.with_logical_constraint(q, ("batch", None, "act_heads", "act_kv"))
     offset = 0
     if cache is not None:
-      k_cache, v_cache = cache
-      idx = jnp.asarray(cache_index, jnp.int32)
-      zero = jnp.zeros((), jnp.int32)
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (zero, idx, zero, zero))
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (zero, idx, zero, zero))
-      extra = (k_cache, v_cache)
-      k, v, offset = k_cache.astype(self.dtype), v_cache.astype(self.dtype), idx
+      extra, k, v, offset = kv_cache.update(cache, k, v, cache_index, self.dtype)
     y = kernels.attention(q, k.astype(self.dtype), v.astype(self.dtype), bias=bias, mask=mask, causal=causal,
                           scale=self.scale, causal_offset=offset, implementation=self.implementation)
+    y = checkpoint_name(y, ATTENTION_OUT)
     y = y.reshape(b, l, hd)
     return self._dense(e, self.out_bias, ("heads", "embed"), on)(y, deterministic), extra

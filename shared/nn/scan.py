@@ -4,26 +4,16 @@
   h, ys = stack(h, *args)     # Layer.__call__(h, *args) -> (h, y); params stacked [num_layers, ...]
 `in_axes`: one entry per argument after the carry (nn.broadcast, or 0 for per-layer slices such as
 a KV cache); `static_argnum`: position of the `deterministic` flag in Layer.__call__ counting self
-as 0 (kept static under nn.remat). cfg.remat_policy is a key of REMAT_POLICIES.
+as 0 (kept static under nn.remat). cfg.remat_policy is a name in shared.nn.remat.POLICIES.
 """
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": "full",
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "nothing": jax.checkpoint_policies.nothing_saveable,
-}
+from shared.nn.remat import remat
 
 
 def scan_layers(layer_cls, cfg, num_layers: int, in_axes: tuple, static_argnum: int):
-  policy = REMAT_POLICIES[cfg.remat_policy]
-  if policy is not None:
-    layer_cls = nn.remat(layer_cls, prevent_cse=False, policy=None if policy == "full" else policy,
-                         static_argnums=(static_argnum,))
+  layer_cls = remat(layer_cls, cfg.remat_policy, static_argnums=(static_argnum,))
   return nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                  in_axes=in_axes, length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})

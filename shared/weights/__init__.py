@@ -5,7 +5,16 @@
   save_pretrained(module, params, "out_dir")              # from_pretrained(out_dir) gives the same outputs
   save_adapter(module, params, "adapter_out")             # PeftModel.from_pretrained(base, adapter_out)
   python -m shared.weights import|export|inspect ...      # CLI (see __main__.py)
+  params, report = init.load_into(params, "ckpt_dir", prefix="encoder")   # into a subtree of a system's params,
+                                                          # per-key report; config entries: init.apply_init_entries
 `params` is the plain (unboxed) "params" collection: module.apply({"params": params}, ...).
+A family with mutable state declares collections=("params", "batch_stats") (ResNet front ends with
+BatchNorm): for it load_pretrained returns (module, variables) with variables = {"params": ...,
+"batch_stats": ...} (module.apply(variables, ..., use_running_average=True) in eval; the trainer's
+TrainState.variables), save_pretrained / abstract_params take / describe that whole variables dict, and its
+rows say which collection each leaf is in (table.Row.collection; table.batchnorm_rows writes a torch
+BatchNorm's weight, bias, running_mean, running_var and num_batches_tracked). Every params-only family
+(the default) keeps (module, params) exactly as above.
 
 Adding a family (MBart, Whisper, UMT5, Wan, VAEs, ...): write ONE file `shared/weights/<name>_family.py`
 defining `FAMILY = Family(...)`; every `*_family.py` module in this package is discovered
@@ -21,6 +30,8 @@ automatically. A Family gives:
   ignore          (module) -> regexes of checkpoint keys that may be present and are not read
   peft_task_type  "CAUSAL_LM" / "SEQ_2_SEQ_LM" / "FEATURE_EXTRACTION" (adapter_config.json)
   weights_name    file stem if not "model" (diffusers: "diffusion_pytorch_model"); config_name likewise
+  collections     variables collections its checkpoints hold (default ("params",); BatchNorm families
+                  ("params", "batch_stats"), their rows keyed by variables path via table.leaf_rows)
 Conventions: a module with LoRA exposes `module.config.lora` (shared.nn.lora.LoraConfig) and
 `module.config.replace(lora=...)`; LoRA rows are derived from table rows with the LINEAR transform
 whose module name (path[-2]) is a LoRA target, so a family gets peft import/export for free.
@@ -47,7 +58,7 @@ from shared.weights import io, table
 from shared.weights.table import LINEAR, Row
 
 __all__ = ["Family", "register", "families", "family_for_config", "family_for_module", "load_pretrained",
-           "save_pretrained", "save_adapter", "load_adapter", "abstract_params"]
+           "save_pretrained", "save_adapter", "load_adapter", "abstract_params", "family_table"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +74,12 @@ class Family:
   peft_task_type: str = "CAUSAL_LM"
   weights_name: str = "model"
   config_name: str = "config.json"
+  collections: tuple[str, ...] = ("params",)
+
+  @property
+  def has_state(self) -> bool:
+    """True when its checkpoints hold more than params: load/save/abstract_params work on whole variables."""
+    return tuple(self.collections) != ("params",)
 
 
 _REGISTRY: dict[str, Family] = {}
@@ -114,11 +131,25 @@ def family_for_module(module) -> Family:
 
 
 def abstract_params(module, family: Family | None = None) -> dict[tuple, tuple]:
-  """{path tuple: shape} of the module's params (no memory, via eval_shape)."""
+  """{path tuple: shape} of the module's params (no memory, via eval_shape); for a family with
+  collections beyond params, of its whole variables dict (paths start with the collection name)."""
   family = family or family_for_module(module)
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *family.example_inputs(module)))
+  if family.has_state:
+    flat = traverse_util.flatten_dict(nn.meta.unbox({c: shapes[c] for c in family.collections if c in shapes}))
+    return {k: tuple(v.shape) for k, v in flat.items()}
   flat = traverse_util.flatten_dict(nn.meta.unbox(shapes["params"]))
   return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def family_table(module, family: Family | None = None) -> tuple[list[Row], dict[tuple, tuple], tuple[str, ...]]:
+  """(rows, expected, ignore) ready for shared.weights.table's functions: the family's rows that name a leaf,
+  keyed like abstract_params (variables paths for a family with collections beyond params); {path: shape};
+  the family's ignore regexes plus the keys of its constant rows (num_batches_tracked: accepted, not read)."""
+  family = family or family_for_module(module)
+  rows = list(family.rows(module))
+  return (table.leaf_rows(rows, variables=family.has_state), abstract_params(module, family),
+          tuple(family.ignore(module)) + tuple(table.constant_ignore(rows)))
 
 
 def _lora_of(module):
@@ -176,7 +207,9 @@ def load_pretrained(path: str, *, dtype=jnp.float32, base: str | None = None, sh
   """-> (module, params). `path`: HF directory (config.json + safetensors) or a PEFT adapter directory
   (adapter_config.json; base from `base=` or its local base_model_name_or_path). `dtype`: dtype of the
   loaded params (bfloat16 halves host memory); `overrides` go to the family's config (e.g. dtype of
-  compute as compute_dtype=..., remat_policy=...). `shardings`: optional tree of jax.sharding for params."""
+  compute as compute_dtype=..., remat_policy=...). `shardings`: optional tree of jax.sharding for params.
+  A family with collections beyond params (BatchNorm) -> (module, variables): {"params": ..., "batch_stats":
+  ...}, every collection in `dtype`; `shardings` is then a tree of that variables dict."""
   if os.path.exists(os.path.join(path, "adapter_config.json")):
     acfg = io.read_json(os.path.join(path, "adapter_config.json"))
     base = base or acfg.get("base_model_name_or_path")
@@ -193,12 +226,11 @@ def load_pretrained(path: str, *, dtype=jnp.float32, base: str | None = None, sh
   cfg = io.read_json(cfg_path)
   family = family_for_config(cfg, cfg_path)
   module = family.from_config(cfg, **overrides)
-  expected = abstract_params(module, family)
-  rows = family.rows(module)
+  rows, expected, ignore = family_table(module, family)
   table.check_coverage(rows, expected)
   reader = io.SafetensorsReader(path, index_name=f"{family.weights_name}.safetensors.index.json",
                                 single_name=f"{family.weights_name}.safetensors")
-  flat = table.import_tensors(rows, reader, expected, np.dtype(dtype), family.ignore(module), source=path)
+  flat = table.import_tensors(rows, reader, expected, np.dtype(dtype), ignore, source=path)
   return module, _to_device(flat, shardings)
 
 
@@ -238,8 +270,18 @@ def save_pretrained(module, params, path: str, *, lora: str = "merge", dtype=Non
   """Writes config.json + safetensors that the matching PyTorch library loads with from_pretrained.
 
   lora: "merge" folds LoRA into the kernels (an ordinary checkpoint), "drop" writes the base weights
-  only (pair with save_adapter). dtype: dtype of the written tensors (default: the params' dtype)."""
+  only (pair with save_adapter). dtype: dtype of the written tensors (default: the params' dtype).
+  A family with collections beyond params takes the variables dict as `params` ({"params": ...,
+  "batch_stats": ...}; other collections in it are not written) and also writes running_mean / running_var
+  and num_batches_tracked (0-d int64, see table.batchnorm_rows)."""
   family = family_for_module(module)
+  if family.has_state:
+    params = nn.meta.unbox(params)
+    absent = [c for c in family.collections if not hasattr(params, "keys") or c not in params]
+    if absent:
+      raise CheckpointError(f"save_pretrained: family {family.name} writes collections {list(family.collections)}; "
+                            f"pass the variables dict {{'params': ..., 'batch_stats': ...}} (missing {absent})")
+    params = {c: params[c] for c in family.collections}
   flat = traverse_util.flatten_dict(nn.meta.unbox(params))
   lcfg = _lora_of(module)
   if lcfg is not None:
@@ -250,9 +292,10 @@ def save_pretrained(module, params, path: str, *, lora: str = "merge", dtype=Non
     else:
       raise CheckpointError(f"lora={lora!r}; expected 'merge' or 'drop'")
     module = module.clone(config=module.config.replace(lora=None))
-  rows = family.rows(module)
+  all_rows = family.rows(module)
+  rows = table.leaf_rows(all_rows, variables=family.has_state)
   table.check_coverage(rows, {k: v.shape for k, v in flat.items()})
-  specs = table.export_specs(rows, flat, dtype)
+  specs = table.export_specs(rows, flat, dtype) + table.constant_specs(all_rows)
   os.makedirs(path, exist_ok=True)
   cfg = family.to_config(module)
   if dtype is not None:

@@ -142,7 +142,7 @@ def write_safetensors(path: str, specs: Sequence[Spec], metadata: dict | None = 
     f.write(struct.pack("<Q", len(raw)))
     f.write(raw)
     for key, shape, dt, produce in specs:
-      x = np.ascontiguousarray(produce(), dtype=dt)
+      x = np.asarray(produce(), dtype=dt, order="C")  # C-contiguous; keeps 0-d (ascontiguousarray makes it 1-d)
       if tuple(x.shape) != tuple(shape):
         raise CheckpointError(f"tensor {key} has shape {x.shape}, header says {tuple(shape)}")
       f.write(x.tobytes())

@@ -1,13 +1,24 @@
-"""Name table + config mapping for transformers LlamaForCausalLM and Qwen3ForCausalLM <-> shared.models.llm."""
+"""Name table + config mapping for transformers LlamaForCausalLM and Qwen3ForCausalLM <-> shared.models.llm.
+
+config.json keys LLMConfig does not model (initializer_range, use_cache, pretraining_tp, Qwen3's sliding_window /
+max_window_layers, ...) are kept in its `hf_extra` on import and written back on export.
+"""
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 from shared.errors import CheckpointError
 from shared.models.llm import LLM, LLMConfig
-from shared.weights.table import IDENTITY, LINEAR, Row
+from shared.weights.table import IDENTITY, LINEAR, Row, carry_extra, with_extra
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+# config.json keys from_config reads (to_config writes them from the config) and layer_types (derived from the
+# sliding-window keys, stale once num_layers changes); the rest goes to hf_extra, except keys that describe the
+# written files (rewritten by save_pretrained) and "_"-prefixed bookkeeping
+_READ = ("architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+         "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling",
+         "rope_parameters", "tie_word_embeddings", "attention_bias", "mlp_bias", "hidden_act",
+         "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "layer_types")
 
 
 def _rope(cfg: dict) -> tuple[float, dict]:
@@ -40,14 +51,16 @@ def from_config(cfg: dict, *, compute_dtype="float32", **overrides) -> LLM:
       mlp_bias=bool(cfg.get("mlp_bias", False)), hidden_act=cfg.get("hidden_act", "silu"),
       max_position_embeddings=cfg.get("max_position_embeddings", 2048), family=mt,
       bos_token_id=cfg.get("bos_token_id"), eos_token_id=tuple(eos) if isinstance(eos, list) else (
-          () if eos is None else (eos,)), pad_token_id=cfg.get("pad_token_id"), dtype=str(jnp.dtype(compute_dtype)))
+          () if eos is None else (eos,)), pad_token_id=cfg.get("pad_token_id"), dtype=str(jnp.dtype(compute_dtype)),
+      hf_extra=carry_extra(cfg, _READ))
   return LLM(c.replace(**overrides) if overrides else c)
 
 
 def to_config(module: LLM) -> dict:
+  """Defaults < the imported keys in hf_extra < the fields LLMConfig models."""
   c = module.config
   rope = {"rope_type": "default", "rope_theta": c.rope_theta, **dict(c.rope_scaling)}
-  out = {
+  out = with_extra({"attention_dropout": 0.0}, c.hf_extra, {
       "architectures": [ARCHITECTURES[c.family]], "model_type": c.family, "vocab_size": c.vocab_size,
       "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_layers,
       "num_attention_heads": c.num_heads, "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim,
@@ -55,8 +68,8 @@ def to_config(module: LLM) -> dict:
       "attention_bias": c.attention_bias, "hidden_act": c.hidden_act,
       "max_position_embeddings": c.max_position_embeddings, "bos_token_id": c.bos_token_id,
       "eos_token_id": (c.eos_token_id[0] if len(c.eos_token_id) == 1 else list(c.eos_token_id) or None),
-      "pad_token_id": c.pad_token_id, "dtype": "float32", "attention_dropout": 0.0,
-  }
+      "pad_token_id": c.pad_token_id, "dtype": "float32",
+  })
   if c.family == "llama":
     out["mlp_bias"] = c.mlp_bias
   return out

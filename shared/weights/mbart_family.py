@@ -2,7 +2,8 @@
 
 Tied checkpoints store the table once as model.shared.weight (model.{encoder,decoder}.embed_tokens.weight
 and lm_head.weight, when present, are the same tensor and are ignored on import); final_logits_bias
-is [1, V] on their side, [V] on ours.
+is [1, V] on their side, [V] on ours. config.json keys MBartConfig does not model (dropout, init_std,
+use_cache, ...) are kept in its `hf_extra` on import and written back on export.
 """
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ import jax.numpy as jnp
 
 from shared.errors import CheckpointError
 from shared.models.mbart import MBart, MBartConfig
-from shared.weights.table import IDENTITY, LINEAR, Row, reshape
+from shared.weights.table import IDENTITY, LINEAR, Row, reshape, carry_extra, with_extra
 
 ARCH = "MBartForConditionalGeneration"
+# config.json keys from_config reads (to_config writes them from the config); the rest goes to hf_extra,
+# except keys that describe the written files (rewritten by save_pretrained) and "_"-prefixed bookkeeping
+_READ = ("architectures", "model_type", "vocab_size", "d_model", "encoder_layers", "decoder_layers",
+         "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
+         "max_position_embeddings", "scale_embedding", "activation_function", "tie_word_embeddings", "pad_token_id",
+         "bos_token_id", "eos_token_id", "decoder_start_token_id", "forced_eos_token_id")
 
 
 def _start(cfg: dict) -> int:
@@ -37,13 +44,17 @@ def from_config(cfg: dict, *, compute_dtype="float32", **overrides) -> MBart:
       pad_token_id=cfg.get("pad_token_id", 1),
       bos_token_id=cfg.get("bos_token_id", 0), eos_token_id=cfg.get("eos_token_id", 2),
       decoder_start_token_id=_start(cfg),
-      forced_eos_token_id=cfg.get("forced_eos_token_id", 2), dtype=str(jnp.dtype(compute_dtype)))
+      forced_eos_token_id=cfg.get("forced_eos_token_id", 2), dtype=str(jnp.dtype(compute_dtype)),
+      hf_extra=carry_extra(cfg, _READ))
   return MBart(c.replace(**overrides) if overrides else c)
 
 
 def to_config(module: MBart) -> dict:
+  """Defaults (no dropout) < the imported keys in hf_extra < the fields MBartConfig models."""
   c = module.config
-  return {
+  defaults = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "encoder_layerdrop": 0.0,
+              "decoder_layerdrop": 0.0, "is_encoder_decoder": True}
+  modelled = {
       "architectures": [ARCH], "model_type": "mbart", "vocab_size": c.vocab_size, "d_model": c.d_model,
       "encoder_layers": c.encoder_layers, "decoder_layers": c.decoder_layers,
       "encoder_attention_heads": c.encoder_attention_heads, "decoder_attention_heads": c.decoder_attention_heads,
@@ -52,9 +63,9 @@ def to_config(module: MBart) -> dict:
       "activation_function": c.activation_function, "tie_word_embeddings": True,
       "pad_token_id": c.pad_token_id, "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,
       "decoder_start_token_id": c.decoder_start_token_id, "forced_eos_token_id": c.forced_eos_token_id,
-      "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "encoder_layerdrop": 0.0,
-      "decoder_layerdrop": 0.0, "is_encoder_decoder": True, "dtype": "float32",
+      "dtype": "float32",
   }
+  return with_extra(defaults, c.hf_extra, modelled)
 
 
 def _layer_rows(side: str, n: int, attns: tuple[str, ...], lns: tuple[str, ...]) -> list[Row]:

@@ -14,12 +14,15 @@ kernel [pt, ph, pw, C, D]; scale_shift_table / modulation [1, 6|2, D] <-> [6|2, 
   sd = export_wan_dit(params, config, layout=...)    # numpy state_dict (load_state_dict strict)
   sd = diffusers_to_original(sd, config) / original_to_diffusers(sd, config)   # key renames only
 `FAMILY` plugs the diffusers layout into shared.weights.load_pretrained / save_pretrained; `ORIGINAL_FAMILY`
-(registered too) reads original-layout directories (config.json model_type t2v / ti2v / i2v).
+(registered too) reads original-layout directories (config.json model_type t2v / ti2v / i2v); the original keys
+we do not model (model_type, text_len, window_size, qk_norm) are kept in the config's `hf_extra` and written back
+by save_wan_dit(..., layout="original"), so a t2v directory stays t2v (Wan2.1's WanModel accepts t2v / i2v only).
 Original checkpoints saved by ComfyUI-style tools prefix keys with "model.diffusion_model."; it is stripped.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -40,7 +43,7 @@ WEIGHTS_STEM = "diffusion_pytorch_model"
 ORIGINAL_PREFIX = "model.diffusion_model."
 CONV3D = table.transpose((2, 3, 4, 1, 0), "conv3d")  # [D, C, pt, ph, pw] -> [pt, ph, pw, C, D]
 _RUNTIME = ("dtype", "param_dtype", "remat_policy", "attention_impl", "rope_theta")
-_DIFFUSERS_KEYS = tuple(f.name for f in dataclasses.fields(WanDiTConfig) if f.name not in _RUNTIME)
+_DIFFUSERS_KEYS = tuple(f.name for f in dataclasses.fields(WanDiTConfig) if f.name not in _RUNTIME + ("hf_extra",))
 # original config.json key -> our field
 _ORIGINAL_KEYS = {"patch_size": "patch_size", "in_dim": "in_channels", "out_dim": "out_channels",
                   "text_dim": "text_dim", "freq_dim": "freq_dim", "ffn_dim": "ffn_dim", "num_layers": "num_layers",
@@ -98,12 +101,17 @@ def config_from_original(d: dict[str, Any], **overrides) -> WanDiTConfig:
   heads, dim = d.get("num_heads", 16), d.get("dim", 2048)
   if dim % heads:
     raise ConfigError(f"config.json dim {dim} is not a multiple of num_heads {heads}")
-  kwargs.update(num_attention_heads=heads, attention_head_dim=dim // heads)
+  kwargs.update(num_attention_heads=heads, attention_head_dim=dim // heads,
+                hf_extra=tuple(sorted((k, json.dumps(d[k])) for k in _ORIGINAL_IGNORED if k in d and k != "dim")))
   return _build(kwargs, dict(overrides))
 
 
-def config_to_original(c: WanDiTConfig, model_type: str = "ti2v") -> dict[str, Any]:
-  out = {"_class_name": ORIGINAL_CLASS_NAME, "model_type": model_type, "dim": c.dim, "text_len": 512}
+def config_to_original(c: WanDiTConfig, model_type: str | None = None) -> dict[str, Any]:
+  """Defaults (model_type ti2v, text_len 512) < the imported keys in c.hf_extra < our fields; `model_type` wins."""
+  out = {"_class_name": ORIGINAL_CLASS_NAME, "model_type": "ti2v", "text_len": 512,
+         **{k: json.loads(v) for k, v in c.hf_extra}, "dim": c.dim}
+  if model_type is not None:
+    out["model_type"] = model_type
   for k, ours in _ORIGINAL_KEYS.items():
     v = getattr(c, ours)
     out[k] = list(v) if isinstance(v, tuple) else v

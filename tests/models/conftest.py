@@ -50,3 +50,19 @@ def hf_dirs(tmp_path_factory):
     model.save_pretrained(d)
     out[name] = (model, str(d))
   return out
+
+
+def export_round_trip(model, tmp_path, derived=("transformers_version",)):
+  """A transformers model saved -> shared.weights.load_pretrained -> save_pretrained. Asserts the written
+  config.json equals the original except the `derived` keys; returns (module, params, written config dict)."""
+  import json
+
+  from shared.weights import load_pretrained, save_pretrained
+  model.save_pretrained(tmp_path / "in")
+  module, params = load_pretrained(str(tmp_path / "in"))
+  save_pretrained(module, params, str(tmp_path / "out"))
+  original = json.loads((tmp_path / "in" / "config.json").read_text())
+  written = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert {k: v for k, v in written.items() if k not in derived} == {
+      k: v for k, v in original.items() if k not in derived}
+  return module, params, written

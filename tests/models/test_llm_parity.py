@@ -1,12 +1,14 @@
 """LLaMA / Qwen3 decoder vs transformers (fp32, 1e-5 relative): import, export, embeddings input, KV cache."""
 from __future__ import annotations
 
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
+from tests.models.conftest import export_round_trip
 from shared.weights import load_pretrained, save_pretrained
 
 NAMES = ["llama_gqa_llama3_tied", "qwen3_qknorm_untied", "llama_bias_mqa"]
@@ -108,3 +110,28 @@ def test_bf16_compute_close_to_fp32(loaded):
   assert out.dtype == jnp.float32
   err = rel_err(out, fwd(module, params, ids))
   assert 1e-6 < err < 0.05
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_export_keeps_imported_config_fields(kind, tmp_path):
+  """Keys LLMConfig does not model (initializer_range, use_cache, Qwen3's max_window_layers, ...) survive
+  import -> export unchanged, and the imported class loads the export with the same logits."""
+  import transformers
+  rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8} if kind == "llama" else None
+  config_cls, model_cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+                           "qwen3": ("Qwen3Config", "Qwen3ForCausalLM")}[kind]
+  torch.manual_seed(1)
+  model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(
+      vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+      num_key_value_heads=1, tie_word_embeddings=(kind == "llama"), rope_scaling=rope, initializer_range=0.5,
+      use_cache=False, pad_token_id=0, bos_token_id=1, eos_token_id=[2, 3],
+      **({"max_window_layers": 1, "head_dim": 12} if kind == "qwen3" else {}))).eval()
+  # layer_types follows from the sliding-window keys
+  export_round_trip(model, tmp_path, derived=("transformers_version", "layer_types"))
+  back = type(model).from_pretrained(str(tmp_path / "out")).eval()
+  assert (back.config.initializer_range, back.config.use_cache) == (0.5, False)
+  ids, _ = _inputs(model.config.vocab_size, seed=2)
+  with torch.no_grad():
+    np.testing.assert_allclose(back(input_ids=ids).logits.numpy(), model(input_ids=ids).logits.numpy(),
+                               rtol=1e-4, atol=1e-5)

@@ -2,12 +2,14 @@
 KV-cache decoding, greedy and beam search against generate()."""
 from __future__ import annotations
 
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
+from tests.models.conftest import export_round_trip
 from shared.decoding import search
 from shared.models.mbart import MBartGenerator, shift_tokens_right
 from shared.weights import load_pretrained, save_pretrained
@@ -237,3 +239,20 @@ def test_sharded_forward_equals_single_device():
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     out = jax.jit(f, in_shardings=(p_sh, x_sh, x_sh))(jax.device_put(params, p_sh), ids, dec)
   np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_export_keeps_imported_config_fields(tmp_path):
+  """Keys MBartConfig does not model (dropout, init_std, use_cache, ...) survive import -> export unchanged, and
+  MBartForConditionalGeneration loads the export with the same logits."""
+  from transformers import MBartConfig, MBartForConditionalGeneration
+  torch.manual_seed(2)
+  model = MBartForConditionalGeneration(MBartConfig(**CONFIGS["unscaled_relu"], dropout=0.1, attention_dropout=0.05,
+                                                    init_std=0.05, classifier_dropout=0.2, use_cache=False)).eval()
+  export_round_trip(model, tmp_path)
+  back = MBartForConditionalGeneration.from_pretrained(str(tmp_path / "out")).eval()
+  assert (back.config.dropout, back.config.init_std, back.config.use_cache) == (0.1, 0.05, False)
+  ids, mask, dec = _inputs(model.config.vocab_size, seed=3)
+  with torch.no_grad():
+    ref = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits.numpy()
+    got = back(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits.numpy()
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)

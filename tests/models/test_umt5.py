@@ -1,12 +1,14 @@
 """UMT5 encoder vs transformers UMT5EncoderModel (fp32, 1e-5 relative): import, export, padding, buckets."""
 from __future__ import annotations
 
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
+from tests.models.conftest import export_round_trip
 from shared.nn.t5_bias import relative_position_bucket
 from shared.weights import load_pretrained, save_pretrained
 
@@ -154,3 +156,25 @@ def test_every_param_has_logical_axes(models):
   leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert leaves and all(isinstance(x, nn.Partitioned) and len(x.names) == x.value.ndim for x in leaves)
   assert boxed["layers"]["relative_attention_bias"]["embedding"].names == ("layers", None, "heads")
+
+
+def test_export_keeps_imported_config_fields(tmp_path):
+  """A UMT5ForConditionalGeneration directory -> ours -> export (a UMT5EncoderModel directory): the decoder's
+  sizes, dropout, use_cache, ... are kept, so both classes load it with the encoder outputs unchanged."""
+  from transformers import UMT5Config, UMT5EncoderModel, UMT5ForConditionalGeneration
+  torch.manual_seed(3)
+  full = UMT5ForConditionalGeneration(UMT5Config(**CONFIGS["odd_3heads"], num_decoder_layers=1, dropout_rate=0.1,
+                                                 use_cache=False)).eval()
+  module, params, written = export_round_trip(  # dense_act_fn / is_gated_act follow from feed_forward_proj
+      full, tmp_path, derived=("transformers_version", "architectures", "dense_act_fn", "is_gated_act"))
+  assert written["architectures"] == ["UMT5EncoderModel"]
+  ids, mask = _inputs(full.config.vocab_size, seed=4)
+  with torch.no_grad():
+    ref = full.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
+    for cls in (UMT5EncoderModel, UMT5ForConditionalGeneration):
+      back = cls.from_pretrained(str(tmp_path / "out")).eval()
+      assert back.config.num_decoder_layers == 1 and back.config.dropout_rate == 0.1
+      if cls is UMT5ForConditionalGeneration:
+        assert len(back.decoder.block) == 1
+      got = back.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
+      np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)

@@ -9,6 +9,7 @@ against diffusers' own single-file converter (convert_wan_transformer_to_diffuse
 from __future__ import annotations
 
 import functools
+import json
 
 import flax.linen as nn
 import jax
@@ -332,3 +333,22 @@ def test_errors_name_what_is_wrong():
   sd.pop("blocks.1.ffn.net.2.weight")
   with pytest.raises(CheckpointError, match=r"missing keys \['blocks.1.ffn.net.2.weight'\]"):
     F.import_wan_dit(sd, c.config)
+
+
+def test_original_layout_keeps_imported_config_fields(tmp_path):
+  """An original-layout directory's keys we do not model (model_type t2v, text_len, window_size, qk_norm) come
+  back unchanged from save_wan_dit(layout="original") (it wrote model_type ti2v, which Wan2.1's WanModel rejects);
+  the diffusers export of the same import is unchanged."""
+  c = case("ti2v")
+  F.save_wan_dit(c.model, c.params, str(tmp_path / "in"), layout="original")
+  cfg = json.loads((tmp_path / "in" / "config.json").read_text())
+  cfg.update(model_type="t2v", text_len=256, window_size=[-1, -1], qk_norm=True)
+  (tmp_path / "in" / "config.json").write_text(json.dumps(cfg))
+  for i, load in enumerate((F.load_wan_dit, shared.weights.load_pretrained)):
+    model, params = load(str(tmp_path / "in"))
+    assert model.config == c.config  # hf_extra is metadata: not compared
+    F.save_wan_dit(model, params, str(tmp_path / f"out{i}"), layout="original")
+    assert json.loads((tmp_path / f"out{i}" / "config.json").read_text()) == cfg
+  assert F.config_to_original(model.config, model_type="ti2v")["model_type"] == "ti2v"
+  shared.weights.save_pretrained(model, params, str(tmp_path / "diffusers"))
+  assert json.loads((tmp_path / "diffusers" / "config.json").read_text()) == F.config_to_diffusers(c.config)

@@ -2,12 +2,15 @@
 export, time-major input, shorter inputs, sinusoid init."""
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
+from tests.models.conftest import export_round_trip
 from shared.errors import DataError
 from shared.models.whisper import WhisperEncoder, WhisperEncoderConfig
 from shared.nn.positions import whisper_sinusoids
@@ -186,3 +189,46 @@ def test_attention_mask_hides_padded_frames(models):
   np.testing.assert_allclose(a[:, :5], b[:, :5], rtol=0, atol=1e-5)
   assert np.abs(np.asarray(fwd(params, x))[:, :5] - np.asarray(fwd(params, y))[:, :5]).max() > 1e-3
   np.testing.assert_allclose(f(params, x, jnp.ones((2, 8), jnp.int32)), fwd(params, x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls_name", ["WhisperModel", "WhisperForConditionalGeneration"])
+def test_export_keeps_imported_config_and_loads_in_its_class(cls_name, tmp_path):
+  """A full-model directory -> ours -> export: config.json keeps the decoder's sizes, vocab and token ids, and
+  WhisperModel / the imported class load it (decoder newly initialised) with the encoder outputs unchanged."""
+  import transformers
+  cls = getattr(transformers, cls_name)
+  kw = CONFIGS["mels12_4heads"]  # d_model 16: transformers' default 6 decoder heads do not divide it
+  torch.manual_seed(5)
+  full = _randomize(cls(transformers.WhisperConfig(**kw, **SMALL_DECODER, dropout=0.0,
+                                                    begin_suppress_tokens=[5, 7])))
+  module, params, _ = export_round_trip(full, tmp_path)
+  x = _mels(12, 22, seed=6)
+  with torch.no_grad():
+    ref = full.get_encoder()(x).last_hidden_state.numpy()
+  np.testing.assert_allclose(module.apply({"params": params}, _time_major(x)), ref, rtol=1e-4, atol=1e-5)
+  for load_cls in dict.fromkeys((transformers.WhisperModel, cls)):
+    back = load_cls.from_pretrained(str(tmp_path / "out")).eval()
+    assert back.config.decoder_attention_heads == 1 and back.config.vocab_size == 40
+    with torch.no_grad():
+      np.testing.assert_allclose(back.get_encoder()(x).last_hidden_state.numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["WhisperEncoder", "WhisperModel"])
+def test_export_from_scratch_loads_in_whisper_model(architecture, tmp_path):
+  """No imported config: the export names a decoder as wide as the encoder (5 heads of 4; transformers' default
+  of 6 would not divide 20), so WhisperModel / ...ForConditionalGeneration load it; the encoder-prefixed layout
+  gives WhisperModel our encoder outputs."""
+  from transformers import WhisperForConditionalGeneration, WhisperModel
+  from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFEncoder
+  module = WhisperEncoder(WhisperEncoderConfig(num_mel_bins=12, d_model=20, encoder_layers=2, encoder_attention_heads=5,
+                                               encoder_ffn_dim=24, max_source_positions=6, architecture=architecture))
+  params = nn_unbox(jax.jit(module.init)(jax.random.key(1), jnp.zeros((1, 12, 12)))["params"])
+  save_pretrained(module, params, str(tmp_path))
+  written = json.loads((tmp_path / "config.json").read_text())
+  assert (written["decoder_attention_heads"], written["decoder_ffn_dim"], written["decoder_layers"]) == (5, 24, 2)
+  x = _mels(12, 12, seed=7)
+  ours = np.asarray(module.apply({"params": params}, _time_major(x)))
+  full = {cls: cls.from_pretrained(str(tmp_path)).eval() for cls in (WhisperModel, WhisperForConditionalGeneration)}
+  encoder = HFEncoder.from_pretrained(str(tmp_path)) if architecture == "WhisperEncoder" else full[WhisperModel].encoder
+  with torch.no_grad():
+    np.testing.assert_allclose(encoder.eval()(x).last_hidden_state.numpy(), ours, rtol=1e-4, atol=1e-5)
