@@ -46,7 +46,7 @@ setup(
     name="avspeech-jax",
     version="0.1.0",
     description="JAX/Flax audio-visual speech stack: UniCUE, tri-modal sign/lip/audio LLM, VALLR-Pin, UniTalking",
-    packages=find_packages(include=["shared*", "unicue_jax*", "trimodal_jax*", "vsr_pin_jax*",
+    packages=find_packages(include=["shared*", "examples*", "unicue_jax*", "trimodal_jax*", "vsr_pin_jax*",
                                     "unitalking_jax*"]),
     package_data={"shared.text": ["pinyin_vocab.txt"]},
     python_requires=">=3.10",

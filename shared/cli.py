@@ -51,3 +51,28 @@ def run(main: Callable[[], int | None]):
 def start_distributed():
   from shared import mesh
   mesh.initialize_distributed(FLAGS.jax_coordinator, FLAGS.num_processes, FLAGS.process_id)
+
+
+def define_eval_flags(default_n: int = 32):
+  """Flags every `python -m <system>.evaluate` takes: --workdir DIR [--split test] [--n N] [--step S] [--seed]."""
+  flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/).")
+  flags.DEFINE_string("split", "test", "Data split to evaluate on (test: held-out speakers).")
+  flags.DEFINE_integer("n", default_n, "Number of examples.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_integer("seed", 0, "Noise seed (generators).")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def write_eval(workdir: str, step: int, metrics: dict, **context) -> str:
+  """Prints the metrics as one JSON line and writes DIR/eval/<step>.json (the same object). Returns the path."""
+  import json
+  import os
+  record = {"step": int(step), **context, **metrics}
+  line = json.dumps(record, sort_keys=False, default=float, allow_nan=False)
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f"{int(step)}.json")
+  with open(path, "w") as f:
+    f.write(line + "\n")
+  print(line, flush=True)
+  return path

@@ -12,13 +12,14 @@ plus its own `model` / `data` sections. Configs are locked: a misspelt key fails
     cfg.trainer.checkpoint  every_steps, keep, async_save
     cfg.trainer.mesh        data, fsdp, tensor, sequence (-1 = the rest of the devices)
     cfg.trainer.rules       logical-axis rule overrides: ((logical_name, mesh_axes), ...)
-    cfg.trainer.remat       none|full|dots|dots_saveable|nothing_saveable
+    cfg.trainer.remat       a model remat_policy name (shared.nn.remat: none|full|dots|save_residual|...)
     cfg.trainer.nan_guard   max_consecutive (stop after this many skipped non-finite steps in a row)
     cfg.trainer.profile     start_step (-1 = off), num_steps
     cfg.trainer.peak_tflops per-device peak for MFU (0 = look up the device kind)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -27,15 +28,23 @@ import ml_collections
 import optax
 
 from shared.errors import ConfigError
+from shared.nn import remat as remat_lib
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "tri_stage")
-REMAT_POLICIES = ("none", "full", "dots", "dots_saveable", "nothing_saveable")
+REMAT_POLICIES = tuple(remat_lib.POLICIES)   # the models' remat_policy names: one table
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def trainer_config() -> ml_collections.ConfigDict:
-  """The trainer section with defaults. Systems override fields in their config files."""
+def trainer_config(**overrides) -> ml_collections.ConfigDict:
+  """The trainer section with defaults, then `overrides`: field=value, or section=dict(field=value) for
+  the nested sections, e.g.
+
+      trainer_config(total_steps=3000, batch_size=8, optimizer=dict(learning_rate=1e-3),
+                     checkpoint=dict(every_steps=500))
+
+  An unknown key raises ConfigError naming it (`trainer.optimizer.lr`).
+  """
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 1000
@@ -57,7 +66,24 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.nan_guard = ml_collections.ConfigDict(dict(max_consecutive=10))
   c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))
   c.peak_tflops = 0.0
-  return c
+  return update(c, overrides, "trainer")
+
+
+def update(cfg: ml_collections.ConfigDict, values, prefix: str = "") -> ml_collections.ConfigDict:
+  """Sets `values` (a dict) on `cfg` in place and returns it: key=value, or key=dict(...) to update a nested
+  section field by field. Existing keys only: an unknown one raises ConfigError naming its dotted path."""
+  for key, value in values.items():
+    name = f"{prefix}.{key}" if prefix else key
+    if key not in cfg:
+      raise ConfigError(f"unknown config key {name!r}; the fields that exist: {sorted(cfg.keys())}")
+    if isinstance(cfg[key], ml_collections.ConfigDict) and isinstance(value, (dict, ml_collections.ConfigDict)):
+      update(cfg[key], value, name)
+      continue
+    try:
+      cfg[key] = value
+    except TypeError as e:
+      raise ConfigError(f"config key {name} = {value!r}: {e}") from None
+  return cfg
 
 
 def _fail(key: str, value: Any, expected: str):
@@ -174,3 +200,75 @@ def check_known_keys(cfg: ml_collections.ConfigDict, overrides: dict[str, Any]) 
         raise ConfigError(f"unknown config key {dotted!r} (no field {part!r}); "
                           f"see the config file for the fields that exist")
       node = node[part]
+
+
+# --------------------------------------------------------------------------- config <-> model dataclasses
+
+def _field_types(cls) -> dict[str, Any]:
+  import typing
+  try:
+    return typing.get_type_hints(cls)
+  except Exception:  # unresolvable annotations: no nested sections
+    return {}
+
+
+def _nested_class(cls, name: str):
+  t = _field_types(cls).get(name)
+  return t if isinstance(t, type) and dataclasses.is_dataclass(t) else None
+
+
+def model_section(cls, **values) -> ml_collections.ConfigDict:
+  """A config section holding every field of the dataclass `cls` (big_vision's `Model(**config.model)`):
+  the dataclass's own defaults, overridden by `values`; dataclass-typed fields become nested sections
+  (`video=dict(num_layers=4)` fills the rest of that field's class defaults). Defaults live in the
+  dataclass only. Values may be ml_collections FieldReferences (e.g. `c.data.get_ref("video_pca")`)."""
+  out = {}
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
+  for f in dataclasses.fields(cls):
+    nested = _nested_class(cls, f.name)
+    if nested is not None:
+      given = values.get(f.name, {})
+      if dataclasses.is_dataclass(given):
+        given = {k.name: getattr(given, k.name) for k in dataclasses.fields(given)}
+      out[f.name] = model_section(nested, **dict(given))
+    elif f.name in values:
+      out[f.name] = values[f.name]
+    elif f.default is not dataclasses.MISSING:
+      out[f.name] = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+      out[f.name] = f.default_factory()  # type: ignore[misc]
+    else:
+      raise ConfigError(f"{cls.__name__}.{f.name} has no default: give it to model_section")
+  return ml_collections.ConfigDict(out)
+
+
+def from_section(cls, section, where: str = "model", **runtime):
+  """The dataclass `cls` from a config section written by `model_section` (or a saved config's dict).
+
+  Strict both ways: a field missing from the section fails naming it (a checkpoint's config from before the
+  field existed must not silently take today's default), and a key the class does not have fails naming it.
+  `runtime`: values not kept in the section (e.g. `video=dict(dtype=...)`), they win over the section."""
+  d = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
+  names = [f.name for f in dataclasses.fields(cls)]
+  unknown = sorted(set(d) - set(names))
+  if unknown:
+    raise ConfigError(f"config keys {[f'{where}.{k}' for k in unknown]} are not fields of {cls.__name__} "
+                      f"(fields: {names})")
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    nested = _nested_class(cls, f.name)
+    if f.name not in d and f.name not in runtime:
+      raise ConfigError(f"config key {where}.{f.name} is missing ({cls.__name__} needs it; a config saved "
+                        f"before the field existed must say which value it trained with)")
+    if nested is not None:
+      kwargs[f.name] = from_section(nested, d.get(f.name, {}), f"{where}.{f.name}", **runtime.get(f.name, {}))
+    else:
+      v = runtime.get(f.name, d.get(f.name))
+      kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+  try:
+    return cls(**kwargs)
+  except TypeError as e:
+    raise ConfigError(f"config section {where}: {e}") from e

@@ -148,3 +148,11 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   log.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def local_batch_size(global_batch_size: int) -> int:
+  """This process's share of a global batch (every host feeds [B / process_count, ...])."""
+  n = jax.process_count()
+  if global_batch_size % n:
+    raise ConfigError(f"trainer.batch_size={global_batch_size} must be a multiple of the number of processes ({n})")
+  return global_batch_size // n

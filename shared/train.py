@@ -37,8 +37,9 @@ import optax
 from flax import traverse_util
 
 from shared import config as config_lib
+from shared.checkpoint import Checkpointer, Restored, restore  # noqa: F401  (re-exported)
 from shared import mesh as mesh_lib
-from shared.errors import CheckpointError, ConfigError, StackError
+from shared.errors import ConfigError, StackError
 
 log = logging.getLogger("shared.train")
 
@@ -58,19 +59,27 @@ class TrainingDiverged(StackError):
 class Task:
   """What a system gives the trainer.
 
-  init_params(rng, batch) -> params   param tree, leaves boxed with nn.with_logical_partitioning
-  loss_fn(params, batch, rng) -> (loss, aux)   pure, jittable; aux: dict of scalar metrics
+  init_params(rng, batch) -> params   param tree, leaves boxed with nn.with_logical_partitioning; with
+      `mutable` collections: the variables {"params": ..., "batch_stats": ...} (what module.init returns)
+  loss_fn(params, batch, rng) -> (loss_sum, aux)   pure, jittable. loss_sum: the loss SUMMED over what it
+      counts; aux["weight"]: that count (tokens, labels, frames or examples; float32 scalar); the trainer
+      divides once, after summing both over accumulation micro-batches (and, by jit, over data-parallel
+      shards), so ragged micro-batches weigh by their counts. Other aux entries: scalar metrics (averaged).
+      With `mutable`: loss_fn(params, batch, rng, model_state) -> (loss_sum, aux, new_model_state).
+  mutable   model-state collections (e.g. ("batch_stats",)): kept in TrainState.model_state, updated by the
+      train step (micro-batches in order), checkpointed, never differentiated
   make_train_iter() -> iterator of host-local numpy batches (dict name -> [B_local, ...]); a grain
       DatasetIterator (get_state/set_state) makes resume exact and is saved in checkpoints
   example_batch   one host-local batch (shapes for init/compile); peeked from the iterator if None
   trainable(path) -> bool   '/'-joined param path; None = everything trains
-  eval_fn(params, step) -> dict    sample_fn(params, step, out_dir)    (host-side hooks)
+  eval_fn(variables, step) -> dict    sample_fn(variables, step, out_dir)    (host-side hooks;
+      variables = {"params": params, **model_state}: running statistics in eval)
   tokens_per_example, flops_per_step (analytic, global): throughput figures
-  post_init(params) -> params   fresh starts only (never on resume): e.g. pretrained weights into part of
-      the tree; must keep shapes, dtypes and shardings
+  post_init(params) -> params   fresh starts only (never on resume), after the config's `init` entries:
+      e.g. pretrained weights into part of the tree; must keep shapes, dtypes and shardings
   """
   init_params: Callable[[jax.Array, Any], Any]
-  loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]]
+  loss_fn: Callable[..., tuple]
   make_train_iter: Callable[[], Iterator]
   example_batch: Any = None
   trainable: Callable[[str], bool] | None = None
@@ -79,6 +88,7 @@ class Task:
   tokens_per_example: int | None = None
   flops_per_step: float | None = None
   post_init: Callable[[Any], Any] | None = None
+  mutable: tuple[str, ...] = ()
 
 
 @flax.struct.dataclass
@@ -89,6 +99,11 @@ class TrainState:
   rng: jax.Array             # uint32 raw key data of the base key; step keys are fold_in(key, step)
   nonfinite_run: jax.Array   # int32 [], consecutive skipped steps
   nonfinite_total: jax.Array  # int32 []
+  model_state: Any = flax.struct.field(default_factory=dict)  # {collection: tree}, e.g. batch_stats
+
+  @property
+  def variables(self) -> dict:
+    return {"params": self.params, **self.model_state}
 
 
 def flat(tree) -> dict[str, Any]:
@@ -109,12 +124,23 @@ def split_trainable(params, trainable_keys: frozenset[str]):
 
 def make_train_step(task: Task, tx: optax.GradientTransformation, trainable_keys: frozenset[str],
                     accumulate_steps: int, mesh, rules):
-  """(state, batch) -> (state, metrics). Pure; jit it with shardings."""
+  """(state, batch) -> (state, metrics). Pure; jit it with shardings.
 
-  def loss_of(train_p, frozen_p, batch, rng):
+  Gradients are those of sum(loss_sum) / sum(weight) over the micro-batches: the sums and the gradient of
+  the sums accumulate, one division at the end."""
+
+  def loss_of(train_p, frozen_p, model_state, batch, rng):
     params = unflat({**train_p, **frozen_p})
-    loss, aux = task.loss_fn(params, batch, rng)
-    return loss.astype(jnp.float32), {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}
+    if task.mutable:
+      loss, aux, new_ms = task.loss_fn(params, batch, rng, model_state)
+    else:
+      (loss, aux), new_ms = task.loss_fn(params, batch, rng), model_state
+    if "weight" not in aux:
+      raise ConfigError("Task.loss_fn must return aux['weight']: the count its loss sum is over (tokens, "
+                        "labels, frames or examples); the trainer divides by it")
+    aux = dict(aux)
+    weight = jnp.asarray(aux.pop("weight"), jnp.float32)
+    return loss.astype(jnp.float32), (weight, {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}, new_ms)
 
   grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
@@ -123,22 +149,28 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, trainable_keys
       train_p, frozen_p = split_trainable(state.params, trainable_keys)
       rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
       if accumulate_steps == 1:
-        (loss, aux), grads = grad_fn(train_p, frozen_p, batch, rng)
+        (loss, (weight, aux, model_state)), grads = grad_fn(train_p, frozen_p, state.model_state, batch, rng)
       else:
         micro = jax.tree.map(
             lambda x: x.reshape((accumulate_steps, x.shape[0] // accumulate_steps) + x.shape[1:]), batch)
 
         def body(carry, xs):
           i, mb = xs
-          (l, a), g = grad_fn(train_p, frozen_p, mb, jax.random.fold_in(rng, i))
-          return jax.tree.map(jnp.add, carry, (l, a, g)), None
+          sums, ms = carry
+          (l, (w, a, ms)), g = grad_fn(train_p, frozen_p, ms, mb, jax.random.fold_in(rng, i))
+          return (jax.tree.map(jnp.add, sums, (l, w, a, g)), ms), None
 
-        aux_shape = jax.eval_shape(loss_of, train_p, frozen_p, jax.tree.map(lambda x: x[0], micro), rng)[1]
-        zeros = (jnp.zeros((), jnp.float32),
-                 jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), aux_shape),
+        aux_shape = jax.eval_shape(loss_of, train_p, frozen_p, state.model_state,
+                                   jax.tree.map(lambda x: x[0], micro), rng)[1][1]
+        zero = jnp.zeros((), jnp.float32)
+        zeros = (zero, zero, jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), aux_shape),
                  jax.tree.map(jnp.zeros_like, train_p))
-        (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accumulate_steps), micro))
-        loss, aux, grads = jax.tree.map(lambda x: x / accumulate_steps, (loss, aux, grads))
+        ((loss, weight, aux, grads), model_state), _ = jax.lax.scan(
+            body, (zeros, state.model_state), (jnp.arange(accumulate_steps), micro))
+        aux = jax.tree.map(lambda x: x / accumulate_steps, aux)
+      inv = 1.0 / jnp.maximum(weight, 1e-12)
+      loss = loss * inv
+      grads = jax.tree.map(lambda g: (g * inv).astype(g.dtype), grads)
       grad_norm = optax.global_norm(grads)
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
       updates, new_opt = tx.update(grads, state.opt_state, train_p)
@@ -146,11 +178,13 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, trainable_keys
       keep = lambda new, old: jnp.where(finite, new, old)
       new_train = jax.tree.map(keep, new_train, train_p)
       new_opt = jax.tree.map(keep, new_opt, state.opt_state)
+      model_state = jax.tree.map(keep, model_state, state.model_state)
       run = jnp.where(finite, 0, state.nonfinite_run + 1).astype(jnp.int32)
       new_state = state.replace(
           step=state.step + 1, params=unflat({**new_train, **frozen_p}), opt_state=new_opt,
-          nonfinite_run=run, nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
-      metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite_run": run,
+          model_state=model_state, nonfinite_run=run,
+          nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+      metrics = {"loss": loss, "loss_weight": weight, "grad_norm": grad_norm, "nonfinite_run": run,
                  "nonfinite_total": new_state.nonfinite_total,
                  **aux}
       return new_state, metrics
@@ -217,13 +251,22 @@ def build(cfg: ml_collections.ConfigDict, task: Task, *, mesh=None, example_batc
   rng = jax.random.key(t.seed)
 
   def init_boxed(r):
+    """-> (boxed params, model_state {collection: tree})."""
     with nn.logical_axis_rules(rules):
-      return task.init_params(r, example_batch)
+      out = task.init_params(r, example_batch)
+    if not task.mutable:
+      return out, {}
+    missing = [c for c in ("params", *task.mutable) if c not in out]
+    if missing:
+      raise ConfigError(f"Task.mutable={task.mutable}: init_params must return the variables dict with "
+                        f"{['params', *task.mutable]}; missing {missing}")
+    return out["params"], {c: out[c] for c in task.mutable}
 
   with jax.set_mesh(mesh):
-    boxed = jax.eval_shape(init_boxed, rng)
+    boxed, boxed_ms = jax.eval_shape(init_boxed, rng)
   logical = nn.get_partition_spec(boxed)
   param_sh = mesh_lib.logical_shardings(mesh, rules, logical)
+  ms_sh = mesh_lib.logical_shardings(mesh, rules, nn.get_partition_spec(boxed_ms))
   abstract_params = nn.meta.unbox(boxed)
   keys = list(flat(abstract_params))
   trainable_keys = frozenset(k for k in keys if task.trainable is None or task.trainable(k))
@@ -235,14 +278,14 @@ def build(cfg: ml_collections.ConfigDict, task: Task, *, mesh=None, example_batc
   repl = mesh_lib.replicated(mesh)
   opt_sh = _opt_shardings(abstract_opt, {k: flat_sh[k] for k in trainable_keys}, repl)
   state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl,
-                        nonfinite_run=repl, nonfinite_total=repl)
+                        nonfinite_run=repl, nonfinite_total=repl, model_state=ms_sh)
 
   def init_state():
-    params = nn.meta.unbox(init_boxed(rng))
+    params, model_state = nn.meta.unbox(init_boxed(rng))
     train_p = {k: v for k, v in flat(params).items() if k in trainable_keys}
     z = jnp.zeros((), jnp.int32)
     return TrainState(step=z, params=params, opt_state=tx.init(train_p), rng=jax.random.key_data(rng),
-                      nonfinite_run=z, nonfinite_total=z)
+                      nonfinite_run=z, nonfinite_total=z, model_state=model_state)
 
   with jax.set_mesh(mesh):
     abstract_state = jax.eval_shape(init_state)
@@ -253,115 +296,6 @@ def build(cfg: ml_collections.ConfigDict, task: Task, *, mesh=None, example_batc
   init_fn = MeshJit(mesh, jax.jit(init_state, out_shardings=state_sh))
   return Setup(mesh, rules, tx, trainable_keys, state_sh, batch_sh, abstract_state, init_fn, step_fn,
                example_batch)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-def _path_str(path) -> str:
-  """A tree path as 'a/b/0/c' whatever the container types (dicts, lists, namedtuples)."""
-  parts = []
-  for entry in path:
-    for attr in ("key", "idx", "name"):
-      if hasattr(entry, attr):
-        parts.append(str(getattr(entry, attr)))
-        break
-  return "/".join(parts)
-
-
-class _JsonStateIterator:
-  """Adapts any iterator with JSON-able get_state()/set_state() to grain's checkpoint handler."""
-
-  def __init__(self, it):
-    self.it = it
-
-  def get_state(self) -> bytes:
-    return json.dumps(self.it.get_state()).encode()
-
-  def set_state(self, state: bytes):
-    self.it.set_state(json.loads(state.decode()))
-
-  def start_prefetch(self):
-    getattr(self.it, "start_prefetch", lambda: None)()
-
-
-class Checkpointer:
-  """orbax CheckpointManager over DIR/checkpoints: state + data-iterator state + config JSON."""
-
-  def __init__(self, workdir: str, keep: int, async_save: bool):
-    import grain
-    import orbax.checkpoint as ocp
-    self._ocp = ocp
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        item_handlers=dict(state=ocp.StandardCheckpointHandler(), config=ocp.JsonCheckpointHandler(),
-                           data=grain.checkpoint.CheckpointHandler()),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
-
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
-  @staticmethod
-  def _data_item(it, save: bool):
-    if not (hasattr(it, "get_state") and hasattr(it, "set_state")):
-      return None
-    import grain
-    if not isinstance(it, grain.DatasetIterator):
-      it = _JsonStateIterator(it)
-    return grain.checkpoint.CheckpointSave(it) if save else grain.checkpoint.CheckpointRestore(it)
-
-  def save(self, step: int, state: TrainState, data_iter, cfg_json: str, *, force: bool = False):
-    args = dict(state=self._ocp.args.StandardSave(state),
-                config=self._ocp.args.JsonSave(json.loads(cfg_json)))
-    data = self._data_item(data_iter, save=True)
-    if data is not None:
-      args["data"] = data
-    self.manager.save(step, args=self._ocp.args.Composite(**args), force=force)
-
-  def restore(self, step: int, abstract_state: TrainState, shardings: TrainState, data_iter):
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract_state, shardings)
-    where = os.path.join(self.directory, str(step))
-    self._check_shapes(step, target, where)
-    args = dict(state=self._ocp.args.StandardRestore(target))
-    data = self._data_item(data_iter, save=False)
-    if data is not None:
-      args["data"] = data
-    try:
-      restored = self.manager.restore(step, args=self._ocp.args.Composite(**args))
-    except Exception as e:  # orbax raises many types; name the checkpoint and what was expected
-      raise CheckpointError(f"cannot restore checkpoint {where}: {type(e).__name__}: {e}") from e
-    return restored["state"]
-
-  def _check_shapes(self, step: int, target: TrainState, where: str):
-    """Mismatched checkpoint -> CheckpointError listing the keys whose shape differs or is missing."""
-    try:
-      meta = self.manager.item_metadata(step)["state"]
-    except Exception:  # metadata unreadable: let restore report
-      return
-    if meta is None:
-      return
-    meta_tree = getattr(meta, "tree", meta)
-    have = {_path_str(p): tuple(getattr(l, "shape", ()) or ())
-            for p, l in jax.tree_util.tree_flatten_with_path(meta_tree)[0]}
-    state_dict = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
-    want = {_path_str(p): tuple(l.shape) for p, l in jax.tree_util.tree_flatten_with_path(state_dict)[0]}
-    missing = sorted(k for k in want if k not in have)
-    wrong = sorted(f"{k}: checkpoint {have[k]} vs model {want[k]}" for k in want
-                   if k in have and have[k] != want[k])
-    if wrong or (missing and len(missing) < len(want)):
-      lines = wrong[:20] + [f"{k}: not in checkpoint" for k in missing[:20]]
-      raise CheckpointError(f"checkpoint {where} does not match the model "
-                            f"({len(wrong)} shape mismatches, {len(missing)} missing):\n  "
-                            + "\n  ".join(lines))
-
-  def wait(self):
-    self.manager.wait_until_finished()
-
-  def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
 
 
 # --------------------------------------------------------------------------- metrics
@@ -487,8 +421,13 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
     log.info("resumed from %s/%d", ckpt.directory, resumed_from)
   else:
     state = setup.init_fn()
+    params = state.params
+    if cfg.get("init"):   # pretrained weights into subtrees, from the config's named entries
+      from shared.weights.init import apply_init_entries
+      params, _ = apply_init_entries(cfg.init, params, workdir=workdir if lead else None)
     if task.post_init is not None:
-      state = state.replace(params=task.post_init(state.params))
+      params = task.post_init(params)
+    state = state.replace(params=params)
   if lead:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(cfg_json)
@@ -583,10 +522,10 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
           pending = None
           flush(step)
         if t.eval_every and step % t.eval_every == 0 and task.eval_fn is not None:
-          metrics.write(step, {k: float(v) for k, v in task.eval_fn(state.params, step).items()},
+          metrics.write(step, {k: float(v) for k, v in task.eval_fn(state.variables, step).items()},
                         prefix="eval/")
         if t.sample_every and step % t.sample_every == 0 and task.sample_fn is not None:
-          task.sample_fn(state.params, step, os.path.join(workdir, "samples", str(step)))
+          task.sample_fn(state.variables, step, os.path.join(workdir, "samples", str(step)))
         if t.checkpoint.every_steps and step % t.checkpoint.every_steps == 0:
           ckpt.save(step, state, data_iter, cfg_json)
         if _stop_requested(signals, step, t.log_every):

@@ -7,16 +7,10 @@ from shared.config import trainer_config
 def get_config(arg: str = ""):
   del arg
   c = ml_collections.ConfigDict()
-  c.trainer = trainer_config()
-  c.trainer.total_steps = 1500
-  c.trainer.batch_size = 16
-  c.trainer.log_every = 50
-  c.trainer.eval_every = 500
-  c.trainer.sample_every = 500
-  c.trainer.optimizer.learning_rate = 3e-3
-  c.trainer.schedule.warmup_steps = 100
-  c.trainer.checkpoint.every_steps = 500
-  c.trainer.precision.compute_dtype = "float32"
+  c.trainer = trainer_config(
+      total_steps=1500, batch_size=16, log_every=50, eval_every=500, sample_every=500,
+      optimizer=dict(learning_rate=3e-3), schedule=dict(warmup_steps=100), checkpoint=dict(every_steps=500),
+      precision=dict(compute_dtype="float32"))
   c.model = ml_collections.ConfigDict(dict(dim=128, heads=4, layers=3, mlp=256))
   c.data = ml_collections.ConfigDict(dict(
       seed=0, num_samples=100_000, lexicon_size=24, n_speakers=8, n_test_speakers=2, clauses=(1, 1),

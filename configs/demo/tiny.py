@@ -7,14 +7,9 @@ from shared.config import trainer_config
 def get_config(arg: str = ""):
   del arg
   c = ml_collections.ConfigDict()
-  c.trainer = trainer_config()
-  c.trainer.total_steps = 300
-  c.trainer.batch_size = 32
-  c.trainer.log_every = 50
-  c.trainer.optimizer.learning_rate = 3e-3
-  c.trainer.schedule.warmup_steps = 30
-  c.trainer.checkpoint.every_steps = 100
-  c.trainer.precision.compute_dtype = "float32"
+  c.trainer = trainer_config(
+      total_steps=300, batch_size=32, log_every=50, optimizer=dict(learning_rate=3e-3),
+      schedule=dict(warmup_steps=30), checkpoint=dict(every_steps=100), precision=dict(compute_dtype="float32"))
   c.model = ml_collections.ConfigDict(dict(vocab=16, length=12, dim=64, heads=4, layers=2, mlp=128))
   c.data = ml_collections.ConfigDict(dict(seed=1, size=100_000))
   return c

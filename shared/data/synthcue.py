@@ -241,6 +241,23 @@ class SynthCue(grain_sources.RandomAccessDataSource):
     return _sentence(self.world, rng, self.config.clauses)
 
 
+def synthcue_source(data, split: str = "train", mode: str | None = None, **overrides) -> SynthCue:
+  """Split `split` of the SynthCue that a config's `data` section (or a SynthCueConfig) describes.
+
+  Every SynthCueConfig field the section holds is read (seed, num_samples, lexicon_size, n_speakers,
+  n_test_speakers, clauses, frame_size, ...; other keys, e.g. batch buckets, are not SynthCue's and are
+  ignored); fields it lacks keep SynthCueConfig's defaults. `mode` and `overrides` (e.g.
+  render_video=False) win over the section.
+  """
+  if not isinstance(data, SynthCueConfig):
+    data = SynthCueConfig(**{f.name: tuple(data[f.name]) if isinstance(data[f.name], (list, tuple))
+                             else data[f.name]
+                             for f in dataclasses.fields(SynthCueConfig) if f.name in data})
+  if mode is not None:
+    overrides["mode"] = mode
+  return SynthCue(data, split=split, **overrides)
+
+
 def _sentence(world: World, rng: np.random.Generator, clauses: tuple[int, int]):
   """Characters in spoken order and the sign-order permutation."""
   cls_seq, order = [], []

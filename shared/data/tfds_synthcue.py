@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
-from shared.data.synthcue import N_KEYPOINTS, SynthCue, SynthCueConfig
+from shared.data.synthcue import N_KEYPOINTS, SynthCueConfig, synthcue_source
 
 _TEXT_KEYS = ("text", "pinyin", "gloss")
 _SCALAR_KEYS = ("speaker", "index", "fps", "sample_rate")
@@ -94,7 +94,7 @@ class SynthcueBuilder(tfds.core.GeneratorBasedBuilder):
             for split, n in self.builder_config.split_sizes}
 
   def _generate_examples(self, split: str, n: int):
-    src = SynthCue(dataclasses.replace(self.builder_config.synth, split=split, num_samples=n))
+    src = synthcue_source(self.builder_config.synth, split, num_samples=n)
     for i in range(n):
       yield i, src[i]
 

@@ -15,8 +15,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs.demo import tiny  # noqa: E402
+from examples.sort import make_task  # noqa: E402
 from shared import mesh as mesh_lib, train as train_lib  # noqa: E402
-from shared.demo.train import make_task  # noqa: E402
 
 
 def main():

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 
 from configs.demo import tiny
+from examples.sort import make_task
 from shared import train as train_lib
-from shared.demo.train import make_task
 
 
 def main():

@@ -78,7 +78,7 @@ def test_mesh_shape_fills_the_rest_and_explains_mismatch():
 
 def run_cli(workdir, *extra):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", "shared.demo.train", "--config", "configs/demo/tiny.py",
+  return subprocess.run([sys.executable, "-m", "examples.sort", "--config", "configs/demo/tiny.py",
                          "--workdir", str(workdir), "--config.trainer.total_steps=6",
                          "--config.trainer.log_every=2", "--config.trainer.checkpoint.every_steps=3",
                          "--config.model.layers=1", *extra],
@@ -111,3 +111,40 @@ def test_entry_point_config_typo_names_the_key(tmp_path):
   assert p.returncode != 0
   assert "no_such_key" in p.stderr
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_model_section_round_trip_and_strict_from_section():
+  """model_section holds every field of a (nested) model dataclass with its own defaults; from_section rebuilds
+  it strictly: a field missing from a saved config, or a key the class lacks, fails naming the dotted key."""
+  import dataclasses
+
+  import ml_collections
+
+  from shared.config import from_section, model_section
+  from shared.errors import ConfigError
+
+  @dataclasses.dataclass(frozen=True)
+  class Inner:
+    width: int = 8
+    patch: tuple = (1, 2)
+
+  @dataclasses.dataclass(frozen=True)
+  class Outer:
+    inner: Inner
+    depth: int = 2
+    gate: bool = True
+
+  c = ml_collections.ConfigDict(dict(data=dict(width=16)))
+  c.model = model_section(Outer, inner=dict(width=c.data.get_ref("width")), depth=3)
+  assert c.model.to_dict() == {"inner": {"width": 16, "patch": (1, 2)}, "depth": 3, "gate": True}
+  c.data.width = 32   # a reference: the model follows the data
+  assert from_section(Outer, c.model) == Outer(Inner(32, (1, 2)), 3, True)
+  saved = json.loads(c.to_json())["model"]          # as in DIR/config.json: tuples become lists
+  assert from_section(Outer, saved) == Outer(Inner(32, (1, 2)), 3, True)
+  del saved["inner"]["patch"]
+  with pytest.raises(ConfigError, match=r"model\.inner\.patch is missing"):
+    from_section(Outer, saved)
+  with pytest.raises(ConfigError, match=r"model\.typo"):
+    from_section(Outer, {**json.loads(c.to_json())["model"], "typo": 1})
+  with pytest.raises(ConfigError, match="no field"):
+    model_section(Outer, depht=3)

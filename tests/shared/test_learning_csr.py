@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 
 from configs.demo import csr_tiny
+from examples import csr
 from shared import mesh as mesh_lib, train as train_lib
-from shared.demo import csr
 from shared.metrics.text import wer
 
 

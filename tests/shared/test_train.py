@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from configs.demo import tiny
+from examples.sort import make_task
 from shared import mesh as mesh_lib
 from shared import train as train_lib
-from shared.demo.train import make_task
 from shared.errors import CheckpointError
 
 

@@ -1,0 +1,230 @@
+"""Training checkpoints: the orbax manager the trainer writes with, and `restore` for everything else.
+
+  DIR/checkpoints/<step>/state    TrainState (step, params, model_state, opt_state, rng, counters)
+  DIR/checkpoints/<step>/data     data-iterator state (grain), when the iterator has one
+  DIR/checkpoints/<step>/config   the resolved config (JSON)
+
+`restore(workdir, step=None)` gives (config, step, params, model_state) without a data pipeline, an
+optimizer or a trainer: it reads the shapes from the checkpoint's own metadata and restores only the
+params and the model state (never the optimizer moments), so sample / export / evaluate entry points
+need one copy of the weights. `model_fn(cfg)` (a system's `model_from_config`) adds the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from shared.errors import CheckpointError
+
+
+def path_str(path) -> str:
+  """A tree path as 'a/b/0/c' whatever the container types (dicts, lists, namedtuples)."""
+  parts = []
+  for entry in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+  return "/".join(parts)
+
+
+class _JsonStateIterator:
+  """Adapts any iterator with JSON-able get_state()/set_state() to grain's checkpoint handler."""
+
+  def __init__(self, it):
+    self.it = it
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.it.get_state()).encode()
+
+  def set_state(self, state: bytes):
+    self.it.set_state(json.loads(state.decode()))
+
+  def start_prefetch(self):
+    getattr(self.it, "start_prefetch", lambda: None)()
+
+
+class Checkpointer:
+  """orbax CheckpointManager over DIR/checkpoints: state + data-iterator state + config JSON."""
+
+  def __init__(self, workdir: str, keep: int = 1, async_save: bool = False, create: bool = True):
+    import grain
+    import orbax.checkpoint as ocp
+    self._ocp = ocp
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        item_handlers=dict(state=ocp.StandardCheckpointHandler(), config=ocp.JsonCheckpointHandler(),
+                           data=grain.checkpoint.CheckpointHandler()),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=create, enable_async_checkpointing=async_save))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  @staticmethod
+  def _data_item(it, save: bool):
+    if not (hasattr(it, "get_state") and hasattr(it, "set_state")):
+      return None
+    import grain
+    if not isinstance(it, grain.DatasetIterator):
+      it = _JsonStateIterator(it)
+    return grain.checkpoint.CheckpointSave(it) if save else grain.checkpoint.CheckpointRestore(it)
+
+  def save(self, step: int, state, data_iter, cfg_json: str, *, force: bool = False):
+    args = dict(state=self._ocp.args.StandardSave(state),
+                config=self._ocp.args.JsonSave(json.loads(cfg_json)))
+    data = self._data_item(data_iter, save=True)
+    if data is not None:
+      args["data"] = data
+    self.manager.save(step, args=self._ocp.args.Composite(**args), force=force)
+
+  def restore(self, step: int, abstract_state, shardings, data_iter):
+    """The whole TrainState (and the data iterator's state, in place) onto `shardings`."""
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract_state, shardings)
+    where = os.path.join(self.directory, str(step))
+    self.check_shapes(step, target, where)
+    args = dict(state=self._ocp.args.StandardRestore(target))
+    data = self._data_item(data_iter, save=False)
+    if data is not None:
+      args["data"] = data
+    try:
+      restored = self.manager.restore(step, args=self._ocp.args.Composite(**args))
+    except Exception as e:  # orbax raises many types; name the checkpoint and what was expected
+      raise CheckpointError(f"cannot restore checkpoint {where}: {type(e).__name__}: {e}") from e
+    return restored["state"]
+
+  def state_metadata(self, step: int) -> dict:
+    """{'/'-joined path: (shape, dtype)} of the saved TrainState, from the checkpoint's metadata."""
+    where = os.path.join(self.directory, str(step))
+    try:
+      meta = self.manager.item_metadata(step)["state"]
+    except Exception as e:
+      raise CheckpointError(f"cannot read the metadata of checkpoint {where}: {type(e).__name__}: {e}") from e
+    if meta is None:
+      raise CheckpointError(f"checkpoint {where} has no 'state' item")
+    tree = getattr(meta, "tree", meta)
+    return {path_str(p): (tuple(getattr(l, "shape", ()) or ()), getattr(l, "dtype", None))
+            for p, l in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+  def restore_parts(self, step: int, target: dict) -> dict:
+    """Only the TrainState fields in `target` ({field: tree of ShapeDtypeStruct with shardings})."""
+    where = os.path.join(self.directory, str(step))
+    ocp = self._ocp
+    try:
+      with ocp.PyTreeCheckpointer() as reader:
+        return reader.restore(os.path.join(where, "state"), args=ocp.args.PyTreeRestore(
+            item=target, partial_restore=True,
+            restore_args=jax.tree.map(lambda s: ocp.ArrayRestoreArgs(
+                sharding=s.sharding, global_shape=s.shape, dtype=s.dtype), target)))
+    except Exception as e:
+      raise CheckpointError(f"cannot restore checkpoint {where}: {type(e).__name__}: {e}") from e
+
+  def config(self, step: int) -> dict | None:
+    try:
+      return self.manager.restore(step, args=self._ocp.args.Composite(config=self._ocp.args.JsonRestore()))["config"]
+    except Exception:  # older checkpoints: DIR/config.json is the fallback
+      return None
+
+  def check_shapes(self, step: int, target, where: str):
+    """Mismatched checkpoint -> CheckpointError listing the keys whose shape differs or is missing."""
+    try:
+      have = {k: s for k, (s, _) in self.state_metadata(step).items()}
+    except CheckpointError:  # metadata unreadable: let restore report
+      return
+    state_dict = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+    want = {path_str(p): tuple(l.shape) for p, l in jax.tree_util.tree_flatten_with_path(state_dict)[0]}
+    missing = sorted(k for k in want if k not in have)
+    wrong = sorted(f"{k}: checkpoint {have[k]} vs model {want[k]}" for k in want
+                   if k in have and have[k] != want[k])
+    if wrong or (missing and len(missing) < len(want)):
+      lines = wrong[:20] + [f"{k}: not in checkpoint" for k in missing[:20]]
+      raise CheckpointError(f"checkpoint {where} does not match the model "
+                            f"({len(wrong)} shape mismatches, {len(missing)} missing):\n  "
+                            + "\n  ".join(lines))
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+@dataclasses.dataclass
+class Restored:
+  """What `restore` gives: the run's config, the step, and the weights (host numpy or device arrays)."""
+  config: ml_collections.ConfigDict
+  step: int
+  params: Any
+  model_state: dict
+  model: Any = None
+
+  @property
+  def variables(self) -> dict:
+    """{"params": params, **model_state}: what module.apply takes (running statistics in eval)."""
+    return {"params": self.params, **self.model_state}
+
+
+def _unflatten(flat: dict[str, Any]) -> dict:
+  out: dict = {}
+  for k, v in flat.items():
+    node = out
+    parts = k.split("/")
+    for p in parts[:-1]:
+      node = node.setdefault(p, {})
+    node[parts[-1]] = v
+  return out
+
+
+def restore(workdir: str, step: int | None = None, *, model_fn: Callable | None = None,
+            sharding=None) -> Restored:
+  """(config, step, params, model_state[, model]) of a training workdir, without building a trainer.
+
+  step: None = the latest complete checkpoint. model_fn(cfg) -> model (e.g. a system's model_from_config).
+  sharding: where the arrays go (default: replicated on this process's first device) — any device count
+  can read a checkpoint written on another. Only params and model_state are read."""
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise CheckpointError(f"{ckpt_dir} not found: --workdir must be a training directory")
+  ckpt = Checkpointer(workdir, keep=1, async_save=False, create=False)
+  try:
+    steps = ckpt.manager.all_steps()
+    if not steps:
+      raise CheckpointError(f"no complete checkpoint under {ckpt.directory}")
+    if step is None:
+      step = max(steps)
+    elif step not in steps:
+      raise CheckpointError(f"no checkpoint for step {step} under {ckpt.directory} (steps: {sorted(steps)})")
+    cfg_dict = ckpt.config(step)
+    if cfg_dict is None:
+      path = os.path.join(workdir, "config.json")
+      if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {ckpt.directory}/{step} has no config and {path} is missing")
+      with open(path) as f:
+        cfg_dict = json.load(f)
+    meta = ckpt.state_metadata(step)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    parts = {}
+    for part in ("params", "model_state"):
+      leaves = {k[len(part) + 1:]: jax.ShapeDtypeStruct(s, np.dtype(d) if d is not None else np.float32,
+                                                        sharding=sharding)
+                for k, (s, d) in meta.items() if k.startswith(part + "/")}
+      parts[part] = _unflatten(leaves)
+    if not parts["params"]:
+      raise CheckpointError(f"checkpoint {ckpt.directory}/{step} holds no params")
+    target = {k: v for k, v in parts.items() if v}
+    got = ckpt.restore_parts(step, target)
+  finally:
+    ckpt.close()
+  cfg = ml_collections.ConfigDict(cfg_dict)
+  model = model_fn(cfg) if model_fn is not None else None
+  return Restored(config=cfg, step=int(step), params=got["params"], model_state=got.get("model_state", {}),
+                  model=model)
