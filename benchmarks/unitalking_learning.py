@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "UniTalking training workdir.")
@@ -29,37 +28,20 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   sys.path.insert(0, ".")
-  from unitalking_jax import data as data_lib
-  from unitalking_jax.task import load
-  from unitalking_jax.task import eval_batch, sync_of
-  from unitalking_jax import template_decoder as td
-  cfg, task, params = load(FLAGS.workdir)
+  from shared.checkpoint import restore
+  from unitalking_jax.model import model_from_config
+  from unitalking_jax.samples import scores
+  from unitalking_jax.task import make_task
+  r = restore(FLAGS.workdir, model_fn=model_from_config)
+  cfg = r.config
   if FLAGS.text_scale is not None:
     cfg.sampling.text_scale = FLAGS.text_scale
-  batch = eval_batch(cfg, FLAGS.n)
-  codecs = data_lib.codecs(cfg)
-  refs = td.heldout_refs(cfg, FLAGS.n)
-
-  def ser(audio):
-    r = td.evaluate(cfg, [codecs.log_mel(np.asarray(x)) for x in audio], refs)
-    return {"ser": r["ser"], "ser_chance": r["ser_chance"]}
-
+  got = scores(cfg, make_task(cfg, r.model).generate, r.params, FLAGS.n, seed=FLAGS.seed)
   common = {"clips": FLAGS.n}
-  print(json.dumps({"task": "real", **common, **sync_of(cfg, batch["video"], batch["audio"]), **ser(batch["audio"])}),
-        flush=True)
-  for t in ("t2av", "ti2av", "tv2a"):
-    v, a = task.generate(params, batch, t, seed=FLAGS.seed)
+  print(json.dumps({"task": "real", **common, **got.pop("real")}), flush=True)
+  for t, m in got.items():
     print(json.dumps({"task": t, **common, "steps": int(cfg.sampling.steps), "seed": FLAGS.seed,
-                      "text_scale": float(cfg.sampling.text_scale), "train_step": _step(FLAGS.workdir),
-                      **sync_of(cfg, np.asarray(v), np.asarray(a)), **ser(a)}), flush=True)
-
-
-def _step(workdir):
-  from shared.train import Checkpointer
-  c = Checkpointer(workdir, keep=1, async_save=False)
-  s = c.latest_step()
-  c.close()
-  return s
+                      "text_scale": float(cfg.sampling.text_scale), "train_step": r.step, **m}), flush=True)
 
 
 if __name__ == "__main__":

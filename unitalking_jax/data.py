@@ -9,7 +9,7 @@ A prepared sample (all fixed shapes, so every batch compiles once):
                                           frame: mouth closed)
   audio   [4 T, audio_pca] float32        latents of the first T * 640 samples (zero-padded)
   text    [S] int32                       pinyin syllable ids (shared/text/pinyin_vocab.txt), 0 = pad
-          | [S, text_dim] float32         model.text = "umt5": frozen UMT5 features of the clip's sentence
+          | [S, text_dim] float32         data.text = "umt5": frozen UMT5 features of the clip's sentence
                                           (unitalking_jax/text_encoder.py; zero rows after the real tokens)
   text_mask [S] bool                      real text positions (pinyin: ids != 0, position 0 always)
   ref     [T, 4 audio_pca] float32        reference audio tokens: the clip's own latents in 4-frame chunks,
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.data.synthcue import FACE_UNIT, SynthCue, SynthCueConfig
+from shared.data.synthcue import FACE_UNIT, SynthCue, synthcue_source
 from shared.errors import ConfigError, DataError
 from shared.text.pinyin import pinyin_vocab
 from unitalking_jax.codecs import PCA, MelCodec, PixelCodec
@@ -40,11 +40,7 @@ MEL_PER_FRAME = 4  # 16 kHz / 25 fps / hop 160
 
 
 def source(cfg, split: str = "train") -> SynthCue:
-  d = cfg.data
-  return SynthCue(SynthCueConfig(seed=d.seed, split=split, num_samples=d.num_samples, mode="speech",
-                                 lexicon_size=d.lexicon_size, n_speakers=d.n_speakers,
-                                 n_test_speakers=d.n_test_speakers, clauses=tuple(d.clauses),
-                                 frame_size=d.frame_size))
+  return synthcue_source(cfg.data, split, "speech")
 
 
 class Codecs:
@@ -141,9 +137,13 @@ _PROMPT_CACHE = 4096
 
 
 def text_kind(cfg) -> str:
-  kind = cfg.model.get("text", "pinyin")
+  """data.text: "pinyin" (ids; needs model.text_vocab > 0) | "umt5" (features; needs model.text_vocab == 0)."""
+  kind = cfg.data.text
   if kind not in TEXT_KINDS:
-    raise ConfigError(f"model.text {kind!r}: expected one of {TEXT_KINDS}")
+    raise ConfigError(f"data.text {kind!r}: expected one of {TEXT_KINDS}")
+  if (kind == "pinyin") != (cfg.model.text_vocab > 0):
+    raise ConfigError(f"data.text={kind!r} but model.text_vocab={cfg.model.text_vocab}: pinyin ids need the learned "
+                      f"table (text_vocab = the pinyin vocabulary size), UMT5 features need text_vocab=0")
   return kind
 
 
@@ -151,20 +151,20 @@ def _encoder_key(cfg) -> tuple:
   d = cfg.data
   for k in ("text_tokenizer", "text_encoder"):
     if not d.get(k):
-      raise ConfigError(f"model.text='umt5' needs data.{k}: a local directory (e.g. the tokenizer/ and "
+      raise ConfigError(f"data.text='umt5' needs data.{k}: a local directory (e.g. the tokenizer/ and "
                         f"text_encoder/ of Wan-AI/Wan2.2-TI2V-5B-Diffusers)")
   return d.text_tokenizer, d.text_encoder, d.text_len, d.get("text_encoder_dtype", "float32")
 
 
 def text_encoder(cfg):
-  """The process-wide frozen UMT5 TextEncoder of data.text_tokenizer / data.text_encoder (model.text='umt5')."""
+  """The process-wide frozen UMT5 TextEncoder of data.text_tokenizer / data.text_encoder (data.text='umt5')."""
   key = _encoder_key(cfg)
   if key not in _TEXT_ENCODERS:
     import jax.numpy as jnp
     from unitalking_jax.text_encoder import TextEncoder
     enc = TextEncoder(key[0], key[1], key[2], dtype=jnp.dtype(key[3]))
-    if enc.dim != cfg.model.text_dim:
-      raise ConfigError(f"model.text_dim {cfg.model.text_dim} != the UMT5 encoder's d_model {enc.dim} "
+    if enc.dim != cfg.model.video.text_dim:
+      raise ConfigError(f"model.video.text_dim {cfg.model.video.text_dim} != the UMT5 encoder's d_model {enc.dim} "
                         f"({key[1]})")
     _TEXT_ENCODERS[key] = enc
   return _TEXT_ENCODERS[key]

@@ -62,9 +62,10 @@ def export(model: UniTalking, params, out: str, cfg_json: dict | None = None) ->
 
 
 def main():
-  from unitalking_jax.task import load
-  cfg, task, params = load(FLAGS.workdir)
-  export(task.model, params, FLAGS.out, json.loads(cfg.to_json()))
+  from shared.checkpoint import restore
+  from unitalking_jax.model import model_from_config
+  r = restore(FLAGS.workdir, model_fn=model_from_config)
+  export(r.model, r.params, FLAGS.out, json.loads(r.config.to_json()))
   print(f"wrote {FLAGS.out}")
 
 

@@ -34,10 +34,10 @@ import numpy as np
 from shared import kernels
 from shared.errors import ConfigError
 from shared.kernels import block_mask as bm
-from shared.models.llm import REMAT_POLICIES
 from shared.models.wan_dit import (TORCH_LINEAR_INIT, PatchEmbed, WanBlock, WanConditionEmbedder, WanDiTConfig,
                                    grid_positions, layer_norm, rope_angles)
 from shared.nn.linear import Dense
+from shared.nn.remat import remat
 
 F32 = jnp.float32
 
@@ -54,6 +54,7 @@ class UniTalkingConfig:
   audio_hw_pos: tuple = (0.0, 0.0)  # the one fixed (h, w) RoPE position of audio tokens
   text_vocab: int = 0               # > 0: text given as ids into a learned table [text_vocab, text_dim]
   text_positions: int = 0           # > 0 (with text_vocab): + a learned position table [text_positions, text_dim]
+  mask_text: bool = True            # False: the cross-attention ignores text_mask (Wan attends to the zero rows)
 
   def __post_init__(self):
     if self.audio_patch < 1 or self.audio_channels < 1:
@@ -162,10 +163,7 @@ class UniTalking(nn.Module):
     self.audio_patch_embedding = PatchEmbed(a)
     self.audio_condition_embedder = WanConditionEmbedder(a)
     self.audio_head = StreamHead(a)
-    block = JointBlock
-    policy = REMAT_POLICIES[v.remat_policy]
-    if policy is not None:
-      block = nn.remat(block, prevent_cse=False, policy=None if policy == "full" else policy)
+    block = remat(JointBlock, v.remat_policy)
     self.blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                           in_axes=(nn.broadcast,) * 9, length=v.num_layers,
                           metadata_params={nn.PARTITION_NAME: "layers"})(c, not self.audio_only, self.tv2a)
@@ -194,6 +192,7 @@ class UniTalking(nn.Module):
 
   def __call__(self, video, audio, t_video, t_audio, text, text_mask=None, ref=None, tv2a_flags=None):
     c = self.config
+    text_mask = text_mask if c.mask_text else None
     b, ta, ca = audio.shape
     if ca != c.audio_channels or ta % c.audio_patch:
       raise ConfigError(f"audio latents {audio.shape}: expected [B, Ta, {c.audio_channels}] with Ta a multiple "
@@ -247,6 +246,22 @@ def frame_to_token(per_frame, config: UniTalkingConfig, height: int, width: int)
   b, t = per_frame.shape
   x = jnp.max(per_frame.reshape(b, t // pt, pt), axis=-1)
   return jnp.repeat(x, video_tokens_per_frame(config, height, width), axis=1)
+
+
+# Where a Wan DiT's tree (shared.models.wan_dit.WanDiT) sits in ours: (Wan subpath, our subpath) pairs, the
+# `rename` of a config `init` entry (shared/weights/init.py) that reads a Wan checkpoint into the video stream.
+WAN_VIDEO_RENAME = (("patch_embedding", "video_patch_embedding"),
+                    ("condition_embedder", "video_condition_embedder"),
+                    ("blocks", "blocks/video"),
+                    ("proj_out", "video_head/proj_out"),
+                    ("scale_shift_table", "video_head/scale_shift_table"))
+
+
+def model_from_config(cfg) -> UniTalking:
+  """The one place a config becomes the model: UniTalking(UniTalkingConfig(**cfg.model)), strictly (a field
+  missing from the section, e.g. in a checkpoint's config saved before it existed, fails naming it)."""
+  from shared.config import from_section
+  return UniTalking(from_section(UniTalkingConfig, cfg.model))
 
 
 def wan_params(params, stream: str = "video") -> dict:

@@ -2,7 +2,7 @@
 [--video F] --out out.mp4`
 
 Generates one clip with the latest checkpoint in DIR (config from DIR/config.json). --text: toneless
-pinyin syllables ("ma ba luo") or Chinese characters (converted with pypinyin); with model.text = "umt5" any
+pinyin syllables ("ma ba luo") or Chinese characters (converted with pypinyin); with data.text = "umt5" any
 prompt (encoded by the config's frozen UMT5, data.text_tokenizer / data.text_encoder). --image: first frame (PNG/JPG,
 resized to the config's frame size; ti2av). --ref-audio: a wav whose voice to mimic (tr2av). --video: an mp4
 whose frames are kept (tv2a). Writes OUT (mp4 with audio) and, beside it, OUT.wav, OUT_frames.png, OUT_mel.png.
@@ -15,10 +15,13 @@ import numpy as np
 from absl import flags
 
 from shared import cli
+from shared.checkpoint import restore
 from shared.errors import DataError
 from shared.text.pinyin import is_han, to_pinyin
 from unitalking_jax import data as data_lib
-from unitalking_jax.task import TASKS, load, write_samples
+from unitalking_jax.model import model_from_config
+from unitalking_jax.samples import write_samples
+from unitalking_jax.task import TASKS, make_task
 
 FLAGS = flags.FLAGS
 
@@ -70,9 +73,10 @@ def build_inputs(cfg, text: str, image=None, ref_audio=None, video=None) -> dict
 
 
 def main():
-  cfg, task, params = load(FLAGS.workdir)
+  r = restore(FLAGS.workdir, model_fn=model_from_config)   # params only: no trainer, no data pipeline
+  cfg = r.config
   batch = build_inputs(cfg, FLAGS.text, FLAGS.image, FLAGS.ref_audio, FLAGS.video)
-  v, a = task.generate(params, batch, FLAGS.task, seed=FLAGS.seed)
+  v, a = make_task(cfg, r.model).generate(r.params, batch, FLAGS.task, seed=FLAGS.seed)
   out = os.path.abspath(FLAGS.out)
   name = os.path.splitext(os.path.basename(out))[0]
   write_samples(os.path.dirname(out), cfg, np.asarray(v), np.asarray(a), [name])

@@ -9,7 +9,7 @@ Tasks, drawn per example by `cfg.objective.tasks` ratios inside the jitted loss 
 Objective: linear-path flow matching (shared.diffusion), σ ~ shifted uniform/logit-normal, one σ per example
 shared by both streams (a share `objective.p_independent_sigma` of examples draws the video σ independently),
 clean tokens at σ = 0 and out of the loss; loss = video MSE + audio_weight * audio MSE.
-Text: pinyin ids [B, S] (learned table) or, model.text = "umt5", frozen UMT5 features [B, S, text_dim] from the
+Text: pinyin ids [B, S] (learned table) or, data.text = "umt5", frozen UMT5 features [B, S, text_dim] from the
 data pipeline (unitalking_jax/text_encoder.py), with batch["text_mask"] [B, S]; model.mask_text=False drops
 the mask from the cross-attention (Wan's DiT attends to the zero rows too).
 CFG condition dropout: text (ids / features -> 0, mask -> position 0 only; the same null at sampling) with p_drop_text, reference with p_drop_ref, all with p_drop_all.
@@ -18,44 +18,21 @@ reference conditioning), every parameter outside `cfg.stage.trainable` prefixes 
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shared import mesh as mesh_lib
 from shared import train as train_lib
 from shared.data.pipeline import make_iterator
 from shared.diffusion import dropout_masks, flow_matching_loss, flow_sampler, guided, interpolate, sample_sigma
-from shared.errors import ConfigError, DataError
-from shared.models.wan_dit import WanDiTConfig
-from shared.text.pinyin import pinyin_vocab
+from shared.errors import ConfigError
 from unitalking_jax import data as data_lib
-from unitalking_jax.init_from import apply_init
-from unitalking_jax.model import UniTalking, UniTalkingConfig, frame_to_token
+from unitalking_jax import init_from
+from unitalking_jax.model import UniTalking, frame_to_token, model_from_config
 
 TASKS = ("t2av", "tv2a", "ti2av", "tr2av")
 NUM_TRAIN_TIMESTEPS = 1000
-
-
-def model_config(cfg) -> UniTalkingConfig:
-  m, d = cfg.model, cfg.data
-  pinyin = m.get("text", "pinyin") == "pinyin"
-  video = WanDiTConfig(patch_size=tuple(m.patch), num_attention_heads=m.heads, attention_head_dim=m.dim // m.heads,
-                       in_channels=d.video_pca, out_channels=d.video_pca, text_dim=m.text_dim, freq_dim=m.freq_dim,
-                       ffn_dim=m.ffn, num_layers=m.layers, dtype=cfg.trainer.precision.compute_dtype,
-                       param_dtype=cfg.trainer.precision.param_dtype, remat_policy=_remat(cfg.trainer.remat),
-                       attention_impl=m.attention_impl)
-  return UniTalkingConfig(video, audio_channels=d.audio_pca, audio_patch=data_lib.MEL_PER_FRAME,
-                          audio_ffn_dim=m.audio_ffn, ref_dim=d.audio_pca * data_lib.MEL_PER_FRAME,
-                          audio_time_scale=m.audio_time_scale, audio_hw_pos=tuple(m.audio_hw_pos),
-                          text_vocab=len(pinyin_vocab()) if pinyin else 0,
-                          text_positions=d.text_len if pinyin and m.get("text_positions", False) else 0)
-
-
-def _remat(name: str) -> str:
-  return {"none": "none", "full": "full", "dots": "dots", "dots_saveable": "dots",
-          "nothing_saveable": "nothing"}[name]
 
 
 def text_mask(text):
@@ -107,7 +84,6 @@ def make_loss(cfg, model: UniTalking):
   logits = jnp.asarray(np.log(np.maximum(ratios / ratios.sum(), 1e-30)), jnp.float32)
   audio_only = cfg.stage.number == 1
   net = model.clone(audio_only=True) if audio_only else model
-  use_mask = cfg.model.get("mask_text", True)
 
   def loss_fn(params, batch, rng):
     video, audio = batch["video"], batch["audio"]
@@ -125,18 +101,18 @@ def make_loss(cfg, model: UniTalking):
     xa = interpolate(audio, noise_a, sigma)
     drop = dropout_masks(k_drop, b, {"text": o.p_drop_text, "ref": o.p_drop_ref}, o.p_drop_all)
     text, tmask = null_text(*batch_text(batch), drop["text"])
-    tmask = tmask if use_mask else None
     ref = jnp.where((is_tr2av & ~drop["ref"])[:, None, None], batch["ref"], 0.0)
     t_a = sigma * NUM_TRAIN_TIMESTEPS
     if audio_only:
       _, pa = net.apply({"params": params}, None, xa, None, t_a, text, tmask, ref)
       la = flow_matching_loss(pa, audio, noise_a)
-      return la, {"loss_audio": la}
+      return la * b, {"weight": jnp.float32(b), "loss_audio": la}
     t_v = frame_to_token(sig_v * NUM_TRAIN_TIMESTEPS, model.config, video.shape[2], video.shape[3])
     pv, pa = net.apply({"params": params}, xv, xa, t_v, t_a, text, tmask, ref, tv2a_flags=is_tv2a)
     lv = flow_matching_loss(pv, video, noise_v, (~clean).astype(jnp.float32))
     la = flow_matching_loss(pa, audio, noise_a)
-    return lv + o.audio_weight * la, {"loss_video": lv, "loss_audio": la,
+    # weight = examples: each term is a batch mean (the video one over the noisy frames), times B
+    return (lv + o.audio_weight * la) * b, {"weight": jnp.float32(b), "loss_video": lv, "loss_audio": la,
                                       "frac_tv2a": jnp.mean(is_tv2a), "frac_ti2av": jnp.mean(is_ti2av)}
 
   return loss_fn
@@ -153,7 +129,6 @@ def make_generate(cfg, model: UniTalking, task: str):
   s = cfg.sampling
   sample = flow_sampler(s.sampler, s.steps, s.shift)
   net = model.clone(tv2a=(task == "tv2a"))
-  use_mask = cfg.model.get("mask_text", True)
 
   def run(params, batch, rng):
     video, audio = batch["video"], batch["audio"]
@@ -178,7 +153,7 @@ def make_generate(cfg, model: UniTalking, task: str):
       ct = jnp.concatenate([clean_tok] * (n // b), axis=0)
       t_v = jnp.where(ct, 0.0, tt)
       pv, pa = net.apply({"params": params}, xv, xa, t_v, jnp.full((n,), tt), cond["text"],
-                         cond["mask"] if use_mask else None, cond["ref"])
+                         cond["mask"], cond["ref"])
       return jnp.concatenate([pv.reshape(n, -1), pa.reshape(n, -1)], axis=1)
 
     fixed = jnp.concatenate([jnp.repeat(clean_frame, nv // t, axis=1), jnp.zeros((b, audio[0].size), bool)], 1)
@@ -191,70 +166,19 @@ def make_generate(cfg, model: UniTalking, task: str):
   return jax.jit(run)
 
 
-def write_samples(out_dir: str, cfg, video_lat, audio_lat, names, *, griffin_lim: bool = True) -> list[str]:
-  """Writes per clip NAME.wav, NAME.mp4 (with audio), NAME_frames.png, NAME_mel.png. Returns the mp4 paths."""
-  from PIL import Image
-  from shared.data.media import write_mp4, write_wav
-  c = data_lib.codecs(cfg)
-  os.makedirs(out_dir, exist_ok=True)
-  paths = []
-  for i, name in enumerate(names):
-    frames = c.decode_video(np.asarray(video_lat[i]))
-    audio = c.decode_audio(np.asarray(audio_lat[i])) if griffin_lim else np.zeros(frames.shape[0] * 640, np.float32)
-    audio = np.pad(audio, (0, max(0, frames.shape[0] * 640 - audio.shape[0])))[:frames.shape[0] * 640]
-    write_wav(os.path.join(out_dir, f"{name}.wav"), audio)
-    mp4 = os.path.join(out_dir, f"{name}.mp4")
-    write_mp4(mp4, np.repeat(np.repeat(frames, 4, 1), 4, 2), fps=25, audio=audio)
-    Image.fromarray(np.concatenate(list(frames[::2]), axis=1)).save(os.path.join(out_dir, f"{name}_frames.png"))
-    lm = c.log_mel(np.asarray(audio_lat[i]))
-    img = np.clip((lm - lm.min()) / max(float(np.ptp(lm)), 1e-6) * 255, 0, 255).astype(np.uint8)[:, ::-1].T
-    Image.fromarray(np.repeat(np.repeat(img, 2, 0), 2, 1)).save(os.path.join(out_dir, f"{name}_mel.png"))
-    paths.append(mp4)
-  return paths
-
-
-def eval_batch(cfg, n: int, split: str = "test") -> dict:
-  src = data_lib.source(cfg, split)
-  return data_lib.collate([data_lib.prepare(src[i], cfg) for i in range(n)])
-
-
-def sync_of(cfg, video_lat, audio_lat, curves: bool = False):
-  """Sync score (data.sync_score) of latents; curves=True -> (score, mouth openings, audio energies)."""
-  c = data_lib.codecs(cfg)
-  frames = [c.decode_video(np.asarray(v)) for v in video_lat]
-  mels = [c.log_mel(np.asarray(a)) for a in audio_lat]
-  op, en = data_lib.sync_curves(frames, mels)
-  score = data_lib.sync_score_of_curves(op, en)
-  return (score, op, en) if curves else score
-
-
-def load(workdir: str):
-  """-> (cfg, task, params) from the latest checkpoint of a training workdir (config from DIR/config.json)."""
-  import json
-  import ml_collections
-  from shared.errors import CheckpointError
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise CheckpointError(f"{path} not found: --workdir must be a UniTalking training directory")
-  cfg = ml_collections.ConfigDict(json.load(open(path)))
-  task = make_task(cfg)
-  ckpt = train_lib.Checkpointer(workdir, keep=1, async_save=False)
-  step = ckpt.latest_step()
-  if step is None:
-    raise CheckpointError(f"no checkpoint under {ckpt.directory}")
-  example = data_lib.collate([data_lib.prepare(data_lib.source(cfg, "test")[0], cfg)] * cfg.trainer.batch_size)
-  setup = train_lib.build(cfg, task, example_batch=example)
-  state = ckpt.restore(step, setup.abstract_state, setup.state_shardings, None)
-  ckpt.close()
-  return cfg, task, jax.device_get(state.params)
-
-
-def make_task(cfg) -> train_lib.Task:
-  mc = model_config(cfg)
-  model = UniTalking(mc)
-  per_host = cfg.trainer.batch_size // jax.process_count()
+def make_task(cfg, model: UniTalking | None = None) -> train_lib.Task:
+  """The trainer's Task; task.model, task.generate(params, batch, task_name, seed) for sampling / evaluation.
+  Media (clips, sync plots) are written by unitalking_jax/samples.py, not here."""
+  model = model if model is not None else model_from_config(cfg)
+  mc = model.config
   prefixes = tuple(cfg.stage.trainable)
   gen = {}
+  if cfg.init_audio not in init_from.AUDIO_MODES:
+    raise ConfigError(f"config key init_audio={cfg.init_audio!r}: expected one of {init_from.AUDIO_MODES}")
+  if cfg.init_audio == "copy_video" and not cfg.init.video.path:
+    raise ConfigError("config key init_audio='copy_video' needs init.video.path (a Wan checkpoint directory); "
+                      "with no checkpoint use 'random'")
+  data_lib.text_kind(cfg)   # data.text agrees with model.text_vocab
 
   def init_params(rng, batch):
     b = batch["video"].shape[0]
@@ -265,8 +189,9 @@ def make_task(cfg) -> train_lib.Task:
 
   def make_iter():
     src = data_lib.source(cfg, "train")
-    return make_iterator(src, data_lib.collate, batch_size=per_host, seed=cfg.trainer.seed,
-                         map_fn=lambda s: data_lib.prepare(s, cfg, cfg.trainer.seed), workers=cfg.data.workers)
+    return make_iterator(src, data_lib.collate, batch_size=mesh_lib.local_batch_size(cfg.trainer.batch_size),
+                         seed=cfg.trainer.seed, map_fn=lambda s: data_lib.prepare(s, cfg, cfg.trainer.seed),
+                         workers=cfg.data.workers)
 
   def generate(params, batch, task: str, seed: int = 0):
     if task not in gen:
@@ -274,43 +199,10 @@ def make_task(cfg) -> train_lib.Task:
     b = {k: jnp.asarray(v) for k, v in batch.items() if k != "mouth_open"}
     return gen[task](params, b, jax.random.key(seed))
 
-  def sample_fn(params, step, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
-    if cfg.stage.number == 1:  # the audio stream alone: joint clips come from stage 2
-      return
-    s = cfg.sampling
-    n = max(s.num, int(s.get("score_clips", s.num)))   # scores over n held-out clips; media for the first s.num
-    batch = eval_batch(cfg, n)
-    from unitalking_jax import template_decoder as td
-    refs = td.heldout_refs(cfg, n)
-    c = data_lib.codecs(cfg)
-
-    def ser(audio):  # template-decoder syllable error rate (and chance) of the audio against the clips' text
-      try:
-        r = td.evaluate(cfg, [c.log_mel(np.asarray(x)) for x in audio], refs)
-      except DataError as e:  # clips too short to hold a whole syllable: no templates
-        return f"ser n/a ({e})"
-      return f"ser {r['ser']:.3f} (chance {r['ser_chance']:.3f})"
-
-    rows, lines = [], []   # sync.png rows (label, mouth opening, audio energy); sync.txt lines
-
-    def score(label, video_lat, audio_lat, k):
-      sync, op, en = sync_of(cfg, video_lat, audio_lat, curves=True)
-      lines.append(f"{label}: {sync} {ser(audio_lat)}")
-      rows.extend((f"{label}_{i} r={data_lib.corr(op[i], en[i]):.2f}", op[i], en[i]) for i in range(min(k, len(op))))
-
-    score("real", batch["video"], batch["audio"], 2)
-    for t in ("t2av", "tv2a"):
-      v, a = generate(params, batch, t, seed=step)
-      write_samples(out_dir, cfg, v[:s.num], a[:s.num], [f"{t}_{i}" for i in range(s.num)])
-      score(t, v, a, s.num if t == "t2av" else 2)
-    with open(os.path.join(out_dir, "sync.txt"), "w") as f:
-      f.write(f"{n} held-out clips\n" + "\n".join(lines) + "\n")
-    from unitalking_jax.sync_plot import sync_figure
-    sync_figure(rows).save(os.path.join(out_dir, "sync.png"))
-
+  post_init = None
+  if cfg.init_audio == "copy_video":
+    post_init = lambda p: init_from.copy_video_to_audio(p)[0]
   task = train_lib.Task(init_params=init_params, loss_fn=make_loss(cfg, model), make_train_iter=make_iter,
-                        trainable=(lambda p: any(p.startswith(x) for x in prefixes)),
-                        sample_fn=sample_fn, post_init=lambda p: apply_init(cfg, p, model_config=mc))
+                        trainable=(lambda p: any(p.startswith(x) for x in prefixes)), post_init=post_init)
   task.model, task.generate = model, generate
   return task

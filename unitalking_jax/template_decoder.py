@@ -40,7 +40,7 @@ T-frame window (most clips are longer than T and are cut; the decoder accepts a 
 70 % of its template).
 
 Measured (tiny config, 400 training clips, first 64 "test" clips = held-out speakers, codec round trip as
-`task.eval_batch` gives): SER 0.116, chance 1.02; latents + N(0, 0.25^2 / 0.5^2 / 1) noise: 0.149 / 0.237 /
+`samples.eval_batch` gives): SER 0.116, chance 1.02; latents + N(0, 0.25^2 / 0.5^2 / 1) noise: 0.149 / 0.237 /
 1.47; time-reversed 0.89; pure-noise latents 2.1 (insertions); a silent clip decodes to nothing.
 """
 from __future__ import annotations
@@ -93,10 +93,8 @@ def _resample(x: np.ndarray, n: int) -> np.ndarray:
 
 def _audio_source(cfg, split: str):
   """cfg's SynthCue source with video rendering off (the audio is drawn identically)."""
-  from unitalking_jax import data as data_lib
-  from shared.data.synthcue import SynthCue
-  src = data_lib.source(cfg, split)
-  return SynthCue(dataclasses.replace(src.config, render_video=False))
+  from shared.data.synthcue import synthcue_source
+  return synthcue_source(cfg.data, split, "speech", render_video=False)
 
 
 def round_trip_log_mel(cfg, audio: np.ndarray) -> np.ndarray:
@@ -223,7 +221,7 @@ def evaluate(cfg, log_mels, texts, templates: Templates | None = None) -> dict:
   """log_mels: per clip [4 T, n_mels] natural-log mel; texts: per clip the reference syllables (string or
   list; use `window_pinyin` for SynthCue samples). Returns {"ser", "ser_chance" (hyp_i vs ref_{i+1}),
   "hyps"} (see the module docstring). Generated text-to-audio samples: generate from
-  `task.eval_batch(cfg, n)` (text of the first n "test" clips), then
+  `samples.eval_batch(cfg, n)` (text of the first n "test" clips), then
   `evaluate(cfg, [codecs(cfg).log_mel(a) for a in audio], heldout_clips(cfg, n)[1])`."""
   log_mels, refs = list(log_mels), list(texts)
   if len(refs) != len(log_mels):

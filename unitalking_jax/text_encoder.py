@@ -1,4 +1,4 @@
-"""Frozen UMT5 text path of UniTalking (model.text = "umt5"), as Wan / diffusers' WanPipeline use it.
+"""Frozen UMT5 text path of UniTalking (data.text = "umt5"), as Wan / diffusers' WanPipeline use it.
 
   ids, mask = tokenize(tokenizer, texts, length)            # numpy [B, length] int32 / bool
   module, params = load_text_encoder("wan/text_encoder")    # transformers UMT5EncoderModel directory

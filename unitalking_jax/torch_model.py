@@ -60,7 +60,7 @@ def config_from_json(d: dict) -> UniTalkingConfig:
 
 def config_from_export(path: str) -> UniTalkingConfig:
   """The model config of an export dir: unitalking_config.json[CONFIG_KEY] if present, else rebuilt from the
-  training config it stores (model / data / trainer sections) with unitalking_jax.task.model_config."""
+  training config's model section (the UniTalkingConfig fields, shared.config.from_section)."""
   f = os.path.join(path, CONFIG_FILE)
   if not os.path.exists(f):
     raise ConfigError(f"{f} is missing: pass the UniTalkingConfig explicitly (UniTalkingTorch.from_export(dir, "
@@ -69,13 +69,11 @@ def config_from_export(path: str) -> UniTalkingConfig:
     d = json.load(fh)
   if CONFIG_KEY in d:
     return config_from_json(d[CONFIG_KEY])
-  if not all(k in d for k in ("model", "data", "trainer")):
-    raise ConfigError(f"{f}: expected a '{CONFIG_KEY}' section or the training config (model, data, trainer); "
+  if "model" not in d:
+    raise ConfigError(f"{f}: expected a '{CONFIG_KEY}' section or the training config's 'model' section; "
                       f"found keys {sorted(d)}")
-  import ml_collections
-
-  from unitalking_jax.task import model_config
-  return model_config(ml_collections.ConfigDict(d))
+  from shared.config import from_section
+  return from_section(UniTalkingConfig, d["model"])
 
 
 # ---- params ----
@@ -282,7 +280,7 @@ class UniTalkingTorch(nn.Module):
     text = text.float()
     if ref is None:
       ref = torch.zeros(b, 1, c.ref_dim, device=dev)
-    mask = None if text_mask is None else text_mask.bool()[:, None, None, :]
+    mask = None if text_mask is None or not c.mask_text else text_mask.bool()[:, None, None, :]
     ha = A.patch_embedding(audio.float().reshape(b, la, p * ca).transpose(1, 2)[..., None, None])
     ha = ha.flatten(2).transpose(1, 2)
     t_a = _timesteps(t_audio, b, la, dev)

@@ -11,6 +11,7 @@ import jax
 
 from shared import cli
 from shared import train as train_lib
+from unitalking_jax.samples import make_sample_fn
 from unitalking_jax.task import make_task
 
 
@@ -18,6 +19,7 @@ def main():
   cfg = cli.FLAGS.config
   cli.start_distributed()
   task = make_task(cfg)
+  task.sample_fn = make_sample_fn(cfg, task)
   result = train_lib.train(cfg, task, cli.FLAGS.workdir)
   if jax.process_index() == 0:
     print(f"{result.status} at step {result.step}", flush=True)

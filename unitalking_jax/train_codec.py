@@ -36,17 +36,13 @@ import numpy as np
 from shared import cli, config as config_lib, train as train_lib
 from shared.data import features
 from shared.data.pipeline import make_iterator
-from shared.data.synthcue import SynthCue, SynthCueConfig
+from shared.data.synthcue import SynthCue, synthcue_source
 from shared.errors import ConfigError
 from shared.models import av_codec, mmaudio_vae
 
 
 def source(cfg, split: str) -> SynthCue:
-  d = cfg.data
-  return SynthCue(SynthCueConfig(seed=d.seed, split=split, num_samples=d.num_samples, mode="speech",
-                                 lexicon_size=d.lexicon_size, n_speakers=d.n_speakers,
-                                 n_test_speakers=d.n_test_speakers, clauses=tuple(d.clauses),
-                                 render_video=False, render_audio=True))
+  return synthcue_source(cfg.data, split, "speech", render_video=False, render_audio=True)
 
 
 def mel_config(cfg) -> features.MelConfig:
@@ -121,7 +117,9 @@ def make_task(cfg) -> train_lib.Task:
     target = (x - bin_mean) / bin_std
     l1 = jnp.mean(jnp.abs(recon.astype(jnp.float32) - target))
     kl = jnp.mean(mmaudio_vae.kl_divergence(mean, logvar))
-    return l1 + cfg.loss.kl_weight * kl, {"l1": l1, "kl": kl, "mel_l1": jnp.mean(jnp.abs(recon - target) * bin_std)}
+    n = x.shape[0]   # weight = examples (each term is a batch mean)
+    return (l1 + cfg.loss.kl_weight * kl) * n, {"weight": jnp.float32(n), "l1": l1, "kl": kl,
+                                                "mel_l1": jnp.mean(jnp.abs(recon - target) * bin_std)}
 
   def make_iter():
     return make_iterator(source(cfg, "train"), batch_fn, batch_size=per_host, seed=cfg.trainer.seed,
@@ -142,16 +140,17 @@ def make_task(cfg) -> train_lib.Task:
     return {"mel_l1": l1, "mel_l1_db": scale * l1, "mel_rel_l2": float(np.sqrt((diff ** 2).sum() / (ref ** 2).sum())),
             "kl": kl}
 
-  def eval_fn(params, step):
+  def eval_fn(variables, step):
     del step
     if "test" not in held_out:
       held_out["test"] = eval_set(cfg, "test")
-    return metrics(params, held_out["test"])
+    return metrics(variables["params"], held_out["test"])
 
-  def sample_fn(params, step, out_dir):
+  def sample_fn(variables, step, out_dir):
     from PIL import Image
     from shared.data.media import write_wav
     del step
+    params = variables["params"]
     os.makedirs(out_dir, exist_ok=True)
     ev = eval_set(cfg, "test", cfg.sampling.num)
     rec = np.asarray(reconstruct(params, jnp.asarray(ev["mel"]))[0])
@@ -214,14 +213,14 @@ def main():
   if lead and not os.path.exists(os.path.join(workdir, "eval_init.json")):
     batch = next(task.make_train_iter())
     init = nn.unbox(task.init_params(jax.random.key(cfg.trainer.seed), batch))  # the trainer's step-0 params
-    m0 = task.eval_fn(init, 0)
+    m0 = task.eval_fn({"params": init}, 0)
     os.makedirs(workdir, exist_ok=True)
     json.dump(m0, open(os.path.join(workdir, "eval_init.json"), "w"), indent=1)
     print("initial held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in m0.items()), flush=True)
   result = train_lib.train(cfg, task, workdir)
   if lead:
     params = jax.device_get(result.state.params)
-    m = task.eval_fn(params, result.step)
+    m = task.eval_fn({"params": params}, result.step)
     json.dump({"step": result.step, **m}, open(os.path.join(workdir, "eval_final.json"), "w"), indent=1)
     if video:
       train_video_codec.export_codec(cfg, task, params, workdir)

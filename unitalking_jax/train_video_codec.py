@@ -35,7 +35,7 @@ import numpy as np
 
 from shared import config as config_lib, train as train_lib
 from shared.data.pipeline import make_iterator
-from shared.data.synthcue import SynthCue, SynthCueConfig
+from shared.data.synthcue import SynthCue, synthcue_source
 from shared.errors import ConfigError
 from shared.models import av_codec, wan_vae
 
@@ -43,11 +43,7 @@ EXPORT_DIR = "video_vae"
 
 
 def source(cfg, split: str) -> SynthCue:
-  d = cfg.data
-  return SynthCue(SynthCueConfig(seed=d.seed, split=split, num_samples=d.num_samples, mode="speech",
-                                 lexicon_size=d.lexicon_size, n_speakers=d.n_speakers,
-                                 n_test_speakers=d.n_test_speakers, clauses=tuple(d.clauses),
-                                 frame_size=d.frame_size, render_video=True, render_audio=False))
+  return synthcue_source(cfg.data, split, "speech", render_video=True, render_audio=False)
 
 
 def vae_config(cfg) -> wan_vae.WanVAEConfig:
@@ -133,7 +129,9 @@ def make_task(cfg) -> train_lib.Task:
     l1 = jnp.mean(jnp.abs(y - x))
     kl = jnp.mean(kl_divergence(mean, logvar))
     mse = jnp.mean(jnp.square(jnp.clip(y, -1.0, 1.0) - x))
-    return l1 + cfg.loss.kl_weight * kl, {"l1": l1, "kl": kl, "psnr": 10.0 * jnp.log10(4.0 / mse)}
+    n = x.shape[0]   # weight = examples (each term is a batch mean)
+    return (l1 + cfg.loss.kl_weight * kl) * n, {"weight": jnp.float32(n), "l1": l1, "kl": kl,
+                                                "psnr": 10.0 * jnp.log10(4.0 / mse)}
 
   def make_iter():
     return make_iterator(source(cfg, "train"), batch_fn, batch_size=per_host, seed=cfg.trainer.seed,
@@ -157,16 +155,18 @@ def make_task(cfg) -> train_lib.Task:
     return {"psnr": 10.0 * np.log10(4.0 / max(mse, 1e-12)), "l1": float(np.mean(np.abs(diff))),
             "kl": float(np.mean(np.asarray(kl_divergence(mean, logvar))))}
 
-  def eval_fn(params, step):
+  def eval_fn(variables, step):
     del step
+    params = variables["params"]
     if "test" not in held_out:
       held_out["test"], held_out["validation"] = eval_set(cfg, "test"), eval_set(cfg, "validation")
     m = metrics(params, held_out["test"])
     return {**m, **{f"val_{k}": v for k, v in metrics(params, held_out["validation"]).items() if k != "kl"}}
 
-  def sample_fn(params, step, out_dir):
+  def sample_fn(variables, step, out_dir):
     from PIL import Image
     del step
+    params = variables["params"]
     os.makedirs(out_dir, exist_ok=True)
     frames = eval_set(cfg, "test", cfg.sampling.num)
     rec = np.clip(np.round((run(params, frames)[0] + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -16,6 +16,14 @@ from shared.config import trainer_config
 from shared.errors import ConfigError
 
 
+def _trainer(**overrides):
+  """What both codecs' trainers share."""
+  return trainer_config(
+      log_every=50, eval_every=250, sample_every=500, optimizer=dict(learning_rate=2e-3, weight_decay=0.0),
+      schedule=dict(warmup_steps=50, final_ratio=0.05), checkpoint=dict(every_steps=500),
+      precision=dict(compute_dtype="float32"), **overrides)
+
+
 def get_config(arg: str = ""):
   """arg "" / "audio": the mel VAE; "video": the Wan-style video VAE."""
   if arg == "video":
@@ -24,18 +32,7 @@ def get_config(arg: str = ""):
     raise ConfigError(f"codec_tiny.py:{arg}: expected ':audio' (the default) or ':video'")
   c = ml_collections.ConfigDict()
   c.codec = "audio"
-  c.trainer = trainer_config()
-  c.trainer.total_steps = 1500
-  c.trainer.batch_size = 16
-  c.trainer.log_every = 50
-  c.trainer.eval_every = 250
-  c.trainer.sample_every = 500
-  c.trainer.optimizer.learning_rate = 2e-3
-  c.trainer.optimizer.weight_decay = 0.0
-  c.trainer.schedule.warmup_steps = 50
-  c.trainer.schedule.final_ratio = 0.05
-  c.trainer.checkpoint.every_steps = 500
-  c.trainer.precision.compute_dtype = "float32"
+  c.trainer = _trainer(total_steps=1500, batch_size=16)
   c.model = ml_collections.ConfigDict(dict(
       mel="mmaudio_16k", embed_dim=20, hidden_dim=64, ch_mult=(1, 2), num_res_blocks=1, attn_layers=(),
       down_layers=(0,), num_heads=1))
@@ -52,18 +49,7 @@ def get_config(arg: str = ""):
 def video_config():
   c = ml_collections.ConfigDict()
   c.codec = "video"
-  c.trainer = trainer_config()
-  c.trainer.total_steps = 1000
-  c.trainer.batch_size = 8
-  c.trainer.log_every = 50
-  c.trainer.eval_every = 250
-  c.trainer.sample_every = 500
-  c.trainer.optimizer.learning_rate = 2e-3
-  c.trainer.optimizer.weight_decay = 0.0
-  c.trainer.schedule.warmup_steps = 50
-  c.trainer.schedule.final_ratio = 0.05
-  c.trainer.checkpoint.every_steps = 500
-  c.trainer.precision.compute_dtype = "float32"
+  c.trainer = _trainer(total_steps=1000, batch_size=8)
   c.model = ml_collections.ConfigDict(dict(
       base_dim=16, decoder_base_dim=None, z_dim=8, dim_mult=(1, 2, 2), num_res_blocks=1,
       temporal_downsample=(True, True), is_residual=True, patch_size=2))

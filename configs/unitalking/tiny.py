@@ -16,39 +16,50 @@ audio energy follows the generated mouth (README, "UniTalking").
 """
 import ml_collections
 
-from shared.config import trainer_config
+from shared.config import model_section, trainer_config
+from shared.text.pinyin import pinyin_vocab
+from shared.weights.init import init_entry
+from unitalking_jax.data import MEL_PER_FRAME
+from unitalking_jax.model import WAN_VIDEO_RENAME, UniTalkingConfig
 
 
 def get_config(arg: str = ""):
   del arg
   c = ml_collections.ConfigDict()
-  c.trainer = trainer_config()
-  c.trainer.total_steps = 3000
-  c.trainer.batch_size = 8
-  c.trainer.log_every = 25
-  c.trainer.sample_every = 1000
-  c.trainer.optimizer.learning_rate = 1e-3
-  c.trainer.optimizer.weight_decay = 0.0
-  c.trainer.schedule.warmup_steps = 50
-  c.trainer.checkpoint.every_steps = 500
-  c.trainer.precision.compute_dtype = "float32"
-  c.model = ml_collections.ConfigDict(dict(
-      dim=128, heads=4, layers=4, ffn=256, audio_ffn=256, patch=(1, 2, 2), freq_dim=64, text_dim=64,
-      attention_impl="auto", audio_time_scale=1.0, audio_hw_pos=(0.0, 0.0),
-      text="pinyin",  # "pinyin": learned table over pinyin syllable ids; "umt5": UMT5 features [B, S, text_dim]
-      text_positions=True,  # pinyin: + a learned position table (syllable order; UMT5 features carry their own)
-      mask_text=True,  # False: no text mask in the cross-attention (Wan: attends to the zero-padded rows)
-      # wan_path: a diffusers WanTransformer3DModel dir or an original Wan dir read into the video stream on a
-      # fresh start (unitalking_jax/init_from.py); audio: "random" | "copy_video" (the twin copies same-shaped modules)
-      init=dict(wan_path="", audio="random")))
+  c.trainer = trainer_config(total_steps=3000, batch_size=8, log_every=25, sample_every=1000,
+                             optimizer=dict(learning_rate=1e-3, weight_decay=0.0), schedule=dict(warmup_steps=50),
+                             checkpoint=dict(every_steps=500), precision=dict(compute_dtype="float32"))
   c.data = ml_collections.ConfigDict(dict(
       seed=0, num_samples=100_000, lexicon_size=24, n_speakers=8, n_test_speakers=2, clauses=(1, 1),
       frame_size=80, face_crop=32, frames=32, text_len=8, pixel_factor=8, mel_mean=-5.0, mel_std=1.75, workers=0,
       video_pca=24, audio_pca=16, pca_fit_samples=200,
+      text="pinyin",  # "pinyin": pinyin syllable ids (model.text_vocab > 0); "umt5": UMT5 features [S, text_dim]
       video_whiten=True,  # per-component PCA scales (unit variance each; False: one global scale, which leaves
       # the mouth's motion ~3 % of the mouth tokens' variance, and T2AV mouths never learnt to move)
-      # model.text = "umt5": local dirs of the tokenizer and the transformers UMT5 encoder (text_dim = d_model)
+      # data.text = "umt5": local dirs of the tokenizer and the transformers UMT5 encoder (text_dim = d_model)
       text_tokenizer="", text_encoder="", text_encoder_dtype="float32"))
+  # the model section is UniTalkingConfig's own fields (model.py; defaults live there): UniTalking(
+  # from_section(UniTalkingConfig, cfg.model)). Sizes that follow the data or the trainer are references:
+  # overriding data.video_pca or trainer.remat changes them too (and setting model.video.in_channels sets
+  # data.video_pca: one value).
+  d, t = c.data, c.trainer
+  c.model = model_section(
+      UniTalkingConfig,
+      video=dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, ffn_dim=256, num_layers=4,
+                 freq_dim=64, text_dim=64, attention_impl="auto", in_channels=d.get_ref("video_pca"),
+                 out_channels=d.get_ref("video_pca"), dtype=t.precision.get_ref("compute_dtype"),
+                 param_dtype=t.precision.get_ref("param_dtype"), remat_policy=t.get_ref("remat")),
+      audio_channels=d.get_ref("audio_pca"), audio_patch=MEL_PER_FRAME, audio_ffn_dim=256,
+      ref_dim=d.get_ref("audio_pca") * MEL_PER_FRAME, audio_time_scale=1.0, audio_hw_pos=(0.0, 0.0),
+      text_vocab=len(pinyin_vocab()),   # data.text = "pinyin": ids into a learned table; "umt5": 0 (features)
+      text_positions=8,  # + a learned position table (syllable order), >= data.text_len
+      mask_text=True)  # False: no text mask in the cross-attention (Wan: attends to the zero-padded rows)
+  # pretrained weights, named entries (shared/weights/init.py), read on a fresh start only: `video` takes a
+  # diffusers WanTransformer3DModel dir or an original Wan dir into the video stream
+  # (--config.init.video.path=DIR); init_audio: "random" | "copy_video" (the audio twin copies the video
+  # stream's same-shaped modules after the entries are loaded; unitalking_jax/init_from.py)
+  c.init = ml_collections.ConfigDict(dict(video=init_entry(rename=WAN_VIDEO_RENAME)))
+  c.init_audio = "random"
   c.objective = ml_collections.ConfigDict(dict(
       # task ratios (one run alternates them per example): T2AV, TV2A, TI2AV, TR2AV
       tasks=ml_collections.ConfigDict(dict(t2av=0.4, tv2a=0.2, ti2av=0.2, tr2av=0.2)),

@@ -27,11 +27,13 @@ from configs.unitalking import tiny
 
 def get_config(arg: str = ""):
   c = tiny.get_config(arg)
-  c.model.update(dict(dim=3072, heads=24, layers=30, ffn=14336, audio_ffn=14336, patch=(1, 2, 2), freq_dim=256,
-                      text_dim=4096, audio_time_scale=31.0 / 157.0, audio_hw_pos=(0.0, 0.0), attention_impl="auto",
-                      text="umt5", mask_text=False))  # Wan2.2's DiT was trained attending to the zero rows
+  c.model.video.update(dict(num_attention_heads=24, attention_head_dim=128, num_layers=30, ffn_dim=14336,
+                            patch_size=(1, 2, 2), freq_dim=256, text_dim=4096, attention_impl="auto"))
+  c.model.update(dict(audio_ffn_dim=14336, audio_time_scale=31.0 / 157.0, audio_hw_pos=(0.0, 0.0),
+                      text_vocab=0, text_positions=0,   # UMT5 features (data.text = "umt5") carry positions
+                      mask_text=False))  # Wan2.2's DiT was trained attending to the zero rows
   # UMT5-XXL from the Wan2.2 diffusers release (set both: --config.data.text_encoder=DIR/text_encoder ...)
-  c.data.update(dict(frames=31, text_len=512, video_pca=48, audio_pca=20, text_tokenizer="", text_encoder="",
+  c.data.update(dict(text="umt5", frames=31, text_len=512, video_pca=48, audio_pca=20, text_tokenizer="", text_encoder="",
                      text_encoder_dtype="bfloat16"))
   c.trainer.precision.compute_dtype = "bfloat16"
   c.trainer.remat = "full"

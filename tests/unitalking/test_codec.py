@@ -176,12 +176,12 @@ def test_train_codec_reconstruction_improves_and_exports(tmp_path):
   batch = next(task.make_train_iter())
   assert batch["mel"].shape == (8, 32, 80) and batch["mel"].dtype == np.float32
   init = nn.unbox(jax.jit(task.init_params)(jax.random.key(cfg.trainer.seed), batch))   # the trainer's step 0
-  before = task.eval_fn(init, 0)
+  before = task.eval_fn({"params": init}, 0)
   # one device: 8 simulated devices on a 2-core box only add collective overhead to this small model
   mesh = mesh_lib.make_mesh(cfg.trainer.mesh, devices=jax.devices()[:1])
   result = train_lib.train(cfg, task, str(tmp_path), mesh=mesh)
   params = jax.device_get(result.state.params)
-  after = task.eval_fn(params, result.step)
+  after = task.eval_fn({"params": params}, result.step)
   assert result.step == 80
   assert after["mel_l1"] < 0.7 * before["mel_l1"], (before, after)
   assert after["mel_rel_l2"] < 0.8 * before["mel_rel_l2"] and after["mel_rel_l2"] < 1.0, (before, after)
@@ -269,11 +269,11 @@ def test_train_video_codec_reconstruction_improves_and_exports(tmp_path):
   batch = next(task.make_train_iter())
   assert batch["video"].shape == (4, 5, 32, 32, 3) and batch["video"].dtype == np.uint8
   init = nn.unbox(jax.jit(task.init_params)(jax.random.key(cfg.trainer.seed), batch))   # the trainer's step 0
-  before = task.eval_fn(init, 0)
+  before = task.eval_fn({"params": init}, 0)
   mesh = mesh_lib.make_mesh(cfg.trainer.mesh, devices=jax.devices()[:1])
   result = train_lib.train(cfg, task, str(tmp_path), mesh=mesh)
   params = jax.device_get(result.state.params)
-  after = task.eval_fn(params, result.step)
+  after = task.eval_fn({"params": params}, result.step)
   assert result.step == 40
   # held-out utterances of the training speakers: clearly better; unseen speakers (other face / background
   # colours) need far more steps (README), here only reported

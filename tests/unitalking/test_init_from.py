@@ -1,6 +1,7 @@
-"""init_from_wan: a (small, random) diffusers WanTransformer3DModel / original Wan directory -> UniTalking's video
-stream, equal to diffusers' forward under TV2A with Wan2.2-TI2V per-token timesteps; the audio twin's copy rule;
-config mismatches named; dtype / sharding / boxing kept; apply_init's config keys."""
+"""UniTalking's Wan initialisation through the shared init helper (config entry `init.video`, rename
+WAN_VIDEO_RENAME) and its own step, copy_video_to_audio: a (small, random) diffusers WanTransformer3DModel /
+original Wan directory -> the video stream, equal to diffusers' forward under TV2A with Wan2.2-TI2V per-token
+timesteps; the audio twin's copy rule; mismatches named; dtype / sharding / boxing kept; the config keys."""
 from __future__ import annotations
 
 import json
@@ -19,9 +20,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from shared.errors import CheckpointError, ConfigError
 from shared.models.wan_dit import WanDiTConfig
 from shared.weights import io
+from shared.weights.init import load_into
 from shared.weights.wan_dit_family import ORIGINAL_PREFIX, config_to_original, diffusers_to_original
-from unitalking_jax.init_from import apply_init, init_from_wan
-from unitalking_jax.model import UniTalking, UniTalkingConfig
+from unitalking_jax.init_from import copy_video_to_audio
+from unitalking_jax.model import WAN_VIDEO_RENAME, UniTalking, UniTalkingConfig
 
 WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
            text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2)
@@ -31,6 +33,20 @@ COPIED = ("blocks/audio/attn1/", "blocks/audio/attn2/to_q/", "blocks/audio/attn2
           "blocks/audio/attn2/to_out/", "blocks/audio/attn2/norm_q/", "blocks/audio/attn2/norm_k/",
           "blocks/audio/norm2/", "blocks/audio/ffn/", "blocks/audio/scale_shift_table",
           "audio_condition_embedder/time_", "audio_condition_embedder/text_", "audio_head/scale_shift_table")
+
+
+def init_from_wan(params, wan_dir: str, audio: str = "random", donate: bool = False):
+  """What a fresh start does with init.video.path=wan_dir and init_audio=audio -> (params, report)."""
+  params, rep = load_into(params, wan_dir, rename=WAN_VIDEO_RENAME)
+  report = {"video": sorted(rep.loaded), "copied": [], "random": []}
+  if audio == "copy_video":
+    params, r = copy_video_to_audio(params, donate=donate)
+    report.update(r)
+  else:
+    report["random"] = sorted(k for k in _flat(params) if k.startswith(("audio_", "blocks/audio/")))
+  report["untouched"] = sorted(set(_flat(params)) - set(report["video"]) - set(report["copied"])
+                               - set(report["random"]))
+  return params, report
 
 
 def _flat(tree) -> dict[str, object]:
@@ -74,7 +90,7 @@ def env(tmp_path_factory):
 
 def test_video_stream_matches_diffusers_and_audio_untouched(env):
   params, x, ref = env["params"], env["x"], env["ref"]
-  new, report = init_from_wan(env["model"].config, params, env["diffusers"], audio="random")
+  new, report = init_from_wan(params, env["diffusers"], audio="random")
   ours, _ = jax.jit(lambda p: env["model"].clone(tv2a=True).apply({"params": p}, **x))(new)
   with torch.no_grad():
     out = ref(hidden_states=torch.from_numpy(np.array(x["video"])).permute(0, 4, 1, 2, 3),
@@ -84,8 +100,8 @@ def test_video_stream_matches_diffusers_and_audio_untouched(env):
   np.testing.assert_allclose(np.asarray(ours), out, rtol=1e-4, atol=1e-5)
   before, after = _flat(params), _flat(new)
   video = {k for k in before if k.startswith(("video_", "blocks/video/"))}
-  assert set(report["video"]) == video and report["copied"] == [] and report["untouched"] == []
-  assert set(report["random"]) == set(before) - video
+  assert set(report["video"]) == video and report["copied"] == []
+  assert set(report["random"]) | set(report["untouched"]) == set(before) - video
   for k in set(before) - video:  # audio="random": every non-video leaf is the very same value
     np.testing.assert_array_equal(np.asarray(after[k]), np.asarray(before[k]), err_msg=k)
   assert not np.array_equal(np.asarray(after["video_head/proj_out/kernel"]),
@@ -94,7 +110,7 @@ def test_video_stream_matches_diffusers_and_audio_untouched(env):
 
 def test_copy_video_copies_same_shaped_modules(env):
   before = _flat(env["params"])
-  new, report = init_from_wan(env["model"].config, env["params"], env["diffusers"], audio="copy_video")
+  new, report = init_from_wan(env["params"], env["diffusers"], audio="copy_video")
   after = _flat(new)
   audio = {k for k in before if k.startswith(("audio_", "blocks/audio/"))}
   expect = {k for k in audio if k.startswith(COPIED)}
@@ -111,7 +127,7 @@ def test_copy_video_copies_same_shaped_modules(env):
   shapes = jax.eval_shape(lambda: UniTalking(c).init(jax.random.key(0), **x))["params"]
   rng = np.random.default_rng(0)
   rand = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), nn.meta.unbox(shapes))
-  new2, report2 = init_from_wan(c, rand, env["diffusers"], audio="copy_video")
+  new2, report2 = init_from_wan(rand, env["diffusers"], audio="copy_video")
   ffn = {k for k in _flat(rand) if k.startswith("blocks/audio/ffn/")}
   assert len(ffn) == 4 and ffn <= set(report2["random"]) and set(report2["copied"]) == expect - ffn
   flat2, rand2 = _flat(new2), _flat(rand)
@@ -123,34 +139,35 @@ def test_copy_video_copies_same_shaped_modules(env):
 
 
 def test_original_layout_loads_same_params(env):
-  want, _ = init_from_wan(env["model"].config, env["params"], env["diffusers"])
+  want, _ = init_from_wan(env["params"], env["diffusers"])
   for name, prefix in (("original", ""), ("original_prefixed", ORIGINAL_PREFIX)):
     d = _write_original(env["sd"], env["tmp"] / name, prefix)
-    got, _ = init_from_wan(env["model"].config, env["params"], d)
+    got, _ = init_from_wan(env["params"], d)
     w, g = _flat(want), _flat(got)
     assert set(w) == set(g)
     for k in w:
       np.testing.assert_array_equal(np.asarray(g[k]), np.asarray(w[k]), err_msg=f"{name}: {k}")
 
 
-def test_mismatched_checkpoint_names_keys_and_values(env):
+def test_mismatched_checkpoint_names_keys_and_shapes(env):
+  """A Wan checkpoint of another size fails before anything is read, naming each key with both shapes."""
   bad = env["tmp"] / "bad"
   shutil.copytree(env["diffusers"], bad)
   cfg = json.loads((bad / "config.json").read_text())
-  cfg.update(num_layers=3, ffn_dim=40)
+  cfg.update(ffn_dim=40)
   (bad / "config.json").write_text(json.dumps(cfg))
   with pytest.raises(CheckpointError) as e:
-    init_from_wan(env["model"].config, env["params"], str(bad))
+    init_from_wan(env["params"], str(bad))
   msg = str(e.value)
-  assert "num_layers: checkpoint 3 vs model 2" in msg and "ffn_dim: checkpoint 40 vs model 32" in msg
-  assert "text_dim" not in msg
+  assert "mis-shaped" in msg and "blocks/video/ffn/fc1/kernel" in msg and "(2, 24, 40)" in msg and "(2, 24, 32)" in msg
+  assert "text_embedder" not in msg
   d = env["tmp"] / "original_bad"
   _write_original(env["sd"], d)
   ocfg = json.loads((d / "config.json").read_text())
   ocfg["in_dim"] = 8
   (d / "config.json").write_text(json.dumps(ocfg))
-  with pytest.raises(CheckpointError, match=r"in_channels \(config.json 'in_dim'\): checkpoint 8 vs model 4"):
-    init_from_wan(env["model"].config, env["params"], str(d))
+  with pytest.raises(CheckpointError, match=r"video_patch_embedding/kernel"):
+    init_from_wan(env["params"], str(d))
 
 
 def test_keeps_dtype_sharding_and_boxes(env):
@@ -163,8 +180,8 @@ def test_keeps_dtype_sharding_and_boxes(env):
 
   is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
   boxed = jax.tree.map(place, env["boxed"], is_leaf=is_box)
-  new, _ = init_from_wan(env["model"].config, boxed, env["diffusers"], audio="copy_video")
-  ref, _ = init_from_wan(env["model"].config, env["params"], env["diffusers"], audio="copy_video")
+  new, _ = init_from_wan(boxed, env["diffusers"], audio="copy_video")
+  ref, _ = init_from_wan(env["params"], env["diffusers"], audio="copy_video")
   b, n, r = (traverse_util.flatten_dict(t) for t in (boxed, new, ref))
   sharded = 0
   for k in b:
@@ -176,28 +193,38 @@ def test_keeps_dtype_sharding_and_boxes(env):
   assert sharded > 20
 
 
-def test_apply_init_config_keys(env):
-  cfg = lambda **kw: ml_collections.ConfigDict(dict(model=dict(init=kw)))  # noqa: E731
-  mc, params = env["model"].config, env["params"]
-  with pytest.raises(ConfigError, match=r"model\.init\.audio is 'copy'"):
-    apply_init(cfg(wan_path=env["diffusers"], audio="copy"), params, model_config=mc)
-  with pytest.raises(ConfigError, match=r"model\.init\.wan_path"):
-    apply_init(cfg(wan_path="", audio="copy_video"), params, model_config=mc)
-  with pytest.raises(ConfigError, match=r"model\.init\.wan_path='/nonexistent'"):
-    apply_init(cfg(wan_path="/nonexistent", audio="random"), params, model_config=mc)
-  assert apply_init(cfg(wan_path="", audio="random"), params, model_config=mc) is params
-  got = _flat(apply_init(cfg(wan_path=env["diffusers"], audio="copy_video"), params, model_config=mc))
-  want = _flat(init_from_wan(mc, params, env["diffusers"], audio="copy_video")[0])
-  for k in want:
-    np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+def test_config_entries_and_init_audio_keys(env, tmp_path):
+  """init.video.path + init_audio through the trainer's fresh start == the helper calls above; bad keys named."""
+  from configs.unitalking.tiny import get_config
+  from shared.weights.init import apply_init_entries
+  from unitalking_jax.task import make_task
+  cfg = get_config()
+  with pytest.raises(ConfigError, match=r"init_audio='copy_video' needs init\.video\.path"):
+    cfg.init_audio = "copy_video"
+    make_task(cfg)
+  with pytest.raises(ConfigError, match=r"init_audio='copy'"):
+    cfg.init_audio = "copy"
+    make_task(cfg)
+  with pytest.raises(ConfigError, match=r"init\.video\.path"):
+    apply_init_entries(ml_collections.ConfigDict(dict(video=dict(path="/nonexistent", prefix="", family="",
+                                                                  rename=WAN_VIDEO_RENAME, allow_missing=False,
+                                                                  strict=True))), env["params"])
+  entries = get_config().init
+  assert apply_init_entries(entries, env["params"])[0] is env["params"]     # empty path: skipped
+  entries.video.path = env["diffusers"]
+  got, reports = apply_init_entries(entries, env["params"], workdir=str(tmp_path))
+  assert json.loads((tmp_path / "init_report.json").read_text())["video"]["counts"]["loaded"] == len(reports["video"].loaded)
+  want = _flat(init_from_wan(env["params"], env["diffusers"])[0])
+  for k, v in _flat(got).items():
+    np.testing.assert_array_equal(np.asarray(v), np.asarray(want[k]), err_msg=k)
 
 
-def test_donate_frees_replaced_leaves_only(env):
-  params = jax.tree.map(lambda a: jnp.array(a, copy=True), env["params"])
-  want, report = init_from_wan(env["model"].config, env["params"], env["diffusers"], audio="copy_video")
-  got, _ = init_from_wan(env["model"].config, params, env["diffusers"], audio="copy_video", donate=True)
-  old = _flat(params)
-  replaced = set(report["video"]) | set(report["copied"])
-  assert all(old[k].is_deleted() == (k in replaced) for k in old)
+def test_donate_frees_replaced_audio_leaves_only(env):
+  loaded, _ = load_into(jax.tree.map(lambda a: jnp.array(a, copy=True), env["params"]), env["diffusers"],
+                        rename=WAN_VIDEO_RENAME)
+  want, report = copy_video_to_audio(loaded)
+  old = _flat(loaded)
+  got, _ = copy_video_to_audio(loaded, donate=True)
+  assert all(old[k].is_deleted() == (k in set(report["copied"])) for k in old)
   for k, v in _flat(want).items():
     np.testing.assert_array_equal(np.asarray(_flat(got)[k]), np.asarray(v), err_msg=k)

@@ -16,7 +16,7 @@ import pytest
 import scipy.fft
 
 from unitalking_jax import data as data_lib
-from unitalking_jax import task as task_lib
+from unitalking_jax import samples as samples_lib
 from unitalking_jax import template_decoder as td
 
 N_FIT, N_EVAL = 200, 32
@@ -44,7 +44,7 @@ def templates(cfg):
 def heldout(cfg):
   """Codec round-trip log-mels of the first N_EVAL held-out-speaker clips, through task.eval_batch (the path
   the lead's sampling uses), and their window references."""
-  batch = task_lib.eval_batch(cfg, N_EVAL)
+  batch = samples_lib.eval_batch(cfg, N_EVAL)
   c = data_lib.codecs(cfg)
   mels = [c.log_mel(a) for a in batch["audio"]]
   _, refs = td.heldout_clips(cfg, N_EVAL)

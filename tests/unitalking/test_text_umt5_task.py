@@ -1,4 +1,4 @@
-"""model.text = "umt5" end to end: SynthCue sentences -> frozen UMT5 features in data.prepare -> the UniTalking
+"""data.text = "umt5" end to end: SynthCue sentences -> frozen UMT5 features in data.prepare -> the UniTalking
 loss / CFG sampling with batch["text_mask"] (tiny random UMT5 and a character-level tokenizer)."""
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ def cfg(tmp_path_factory):
   from transformers import UMT5Config, UMT5EncoderModel
   root = tmp_path_factory.mktemp("umt5_task")
   c = get_config()
-  c.model.update(dict(dim=32, heads=2, layers=1, ffn=64, audio_ffn=64, freq_dim=32, text_dim=D, text="umt5"))
-  c.data.update(dict(frames=8, pca_fit_samples=48, text_tokenizer=str(root / "tokenizer.json"),
+  c.model.video.update(dict(num_attention_heads=2, attention_head_dim=16, num_layers=1, ffn_dim=64, freq_dim=32,
+                            text_dim=D))
+  c.model.update(dict(audio_ffn_dim=64, text_vocab=0, text_positions=0))
+  c.data.update(dict(text="umt5", frames=8, pca_fit_samples=48, text_tokenizer=str(root / "tokenizer.json"),
                      text_encoder=str(root / "text_encoder")))
   c.trainer.batch_size = 4
   c.sampling.update(dict(steps=2, num=2))

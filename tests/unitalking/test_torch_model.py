@@ -130,8 +130,19 @@ def test_config_json_round_trip():
 def test_config_from_training_config_json(tmp_path):
   """An export whose unitalking_config.json is the training config (what export's main() writes today)."""
   from configs.unitalking.tiny import get_config
-  from unitalking_jax.task import model_config
+  from unitalking_jax.model import model_from_config
   from unitalking_jax.torch_model import CONFIG_FILE, config_from_export
   cfg = get_config()
   (tmp_path / CONFIG_FILE).write_text(cfg.to_json())
-  assert config_from_export(str(tmp_path)) == model_config(cfg)
+  assert config_from_export(str(tmp_path)) == model_from_config(cfg).config
+
+
+def test_release_module_does_not_import_the_training_task():
+  """No import cycles: the PyTorch release module and the init step never pull in the JAX training task."""
+  import subprocess
+  import sys
+  code = ("import sys, unitalking_jax.torch_model, unitalking_jax.init_from, unitalking_jax.model; "
+          "bad = [m for m in ('unitalking_jax.task', 'shared.train') if m in sys.modules]; "
+          "assert not bad, bad")
+  p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]

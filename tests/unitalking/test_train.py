@@ -14,7 +14,14 @@ from configs.unitalking.tiny import get_config
 from shared import train as train_lib
 from shared.errors import DataError
 from unitalking_jax import data as data_lib
+from unitalking_jax.samples import make_sample_fn
 from unitalking_jax.task import make_task
+
+
+def shrink_model(cfg):
+  cfg.model.video.update(dict(num_attention_heads=2, attention_head_dim=16, num_layers=1, ffn_dim=64, freq_dim=32,
+                              text_dim=16))
+  cfg.model.audio_ffn_dim = 64
 
 
 def small_config(**stage):
@@ -27,7 +34,7 @@ def small_config(**stage):
   cfg.trainer.checkpoint.async_save = False
   cfg.trainer.schedule.warmup_steps = 5
   cfg.trainer.optimizer.learning_rate = 3e-3
-  cfg.model.update(dict(dim=32, heads=2, layers=1, ffn=64, audio_ffn=64, freq_dim=32, text_dim=16))
+  shrink_model(cfg)
   cfg.data.frames = 8
   cfg.data.pca_fit_samples = 48
   cfg.sampling.steps = 3
@@ -47,7 +54,7 @@ def test_tiny_trains_loss_falls(tmp_path):
   assert len(losses) == 6 and all(np.isfinite(losses))
   assert losses[-1] < 0.8 * losses[0], losses
   # generation (T2AV and TV2A) writes wav / mp4 / png and a sync line, shapes as the data
-  task.sample_fn(result.state.params, 30, str(tmp_path / "samples" / "30"))
+  make_sample_fn(cfg, task)(result.state.variables, 30, str(tmp_path / "samples" / "30"))
   files = set(os.listdir(tmp_path / "samples" / "30"))
   for t in ("t2av", "tv2a"):
     assert {f"{t}_0.wav", f"{t}_0.mp4", f"{t}_0_frames.png", f"{t}_0_mel.png"} <= files
@@ -63,14 +70,21 @@ def test_tiny_trains_loss_falls(tmp_path):
   np.testing.assert_allclose(np.asarray(v), batch["video"], atol=1e-6)  # TV2A keeps the given video
   assert a.shape == batch["audio"].shape and np.isfinite(np.asarray(a)).all()
 
-  # sample.py / export.py path: reload the checkpoint, TI2AV from an image keeps it as the first frame
+  # sample.py / export.py / evaluate.py path: restore() without a trainer gives the trained params (bitwise) and
+  # the same samples as the trainer's state; TI2AV from an image keeps it as the first frame
   from PIL import Image
+  from shared.checkpoint import restore
   from unitalking_jax.export import export
+  from unitalking_jax.model import model_from_config
   from unitalking_jax.sample import build_inputs
-  from unitalking_jax.task import load
-  cfg2, task2, params = load(str(tmp_path))
-  flat_a, flat_b = train_lib.flat(params), train_lib.flat(jax.device_get(result.state.params))
-  assert all(np.array_equal(flat_a[k], flat_b[k]) for k in flat_b)
+  r = restore(str(tmp_path), model_fn=model_from_config)
+  cfg2, params = r.config, r.params
+  task2 = make_task(cfg2, r.model)
+  assert r.step == 30 and r.model.config == task.model.config
+  flat_a, flat_b = train_lib.flat(jax.device_get(params)), train_lib.flat(jax.device_get(result.state.params))
+  assert flat_a.keys() == flat_b.keys() and all(np.array_equal(flat_a[k], flat_b[k]) for k in flat_b)
+  v2, a2 = task2.generate(params, batch, "tv2a")
+  np.testing.assert_array_equal(np.asarray(a2), np.asarray(a))
   frame = data_lib.clip_video(data_lib.source(cfg, "test")[3], cfg)[0]  # a face crop, as users give
   Image.fromarray(frame).save(tmp_path / "face.png")
   inputs = build_inputs(cfg2, "ma ba luo", image=str(tmp_path / "face.png"))
@@ -80,6 +94,23 @@ def test_tiny_trains_loss_falls(tmp_path):
   assert not np.allclose(np.asarray(v)[0, 1:], inputs["video"][0, 1:])
   export(task2.model, params, str(tmp_path / "export"))
   assert {"video_stream", "unitalking_rest.safetensors"} <= set(os.listdir(tmp_path / "export"))
+  # evaluate: one JSON line of metrics, also in DIR/eval/<step>.json
+  from shared import cli
+  from unitalking_jax.evaluate import evaluate
+  step, metrics = evaluate(str(tmp_path), n=3)
+  path = cli.write_eval(str(tmp_path), step, metrics, split="test", n=3)
+  assert path == str(tmp_path / "eval" / "30.json")
+  record = json.loads(open(path).read())
+  assert record["step"] == 30 and record["n"] == 3
+  for t in ("real", "t2av", "ti2av", "tv2a"):   # (8-frame clips hold no whole syllable: no SER here)
+    assert np.isfinite(record[f"{t}/sync_margin"]) and np.isfinite(record[f"{t}/sync_shuffled"]), t
+  # a saved config missing a model field fails naming it (no silent default)
+  from shared.errors import ConfigError
+  saved = json.load(open(tmp_path / "config.json"))
+  del saved["model"]["mask_text"]
+  import ml_collections
+  with pytest.raises(ConfigError, match=r"model\.mask_text is missing"):
+    model_from_config(ml_collections.ConfigDict(saved))
 
 
 def test_stage1_trainable_mask_is_the_audio_stream():
@@ -89,7 +120,7 @@ def test_stage1_trainable_mask_is_the_audio_stream():
   from configs.unitalking import audio_pretrain
   cfg = audio_pretrain.get_config()
   cfg.data.update(dict(frames=8, pca_fit_samples=48))
-  cfg.model.update(dict(dim=32, heads=2, layers=1, ffn=64, audio_ffn=64, freq_dim=32, text_dim=16))
+  shrink_model(cfg)
   task = make_task(cfg)
   batch = data_lib.collate([data_lib.prepare(data_lib.source(cfg, "test")[0], cfg)])
   keys = list(train_lib.flat(jax.eval_shape(lambda r: task.init_params(r, batch), jax.random.key(0))))
@@ -100,7 +131,7 @@ def test_stage1_trainable_mask_is_the_audio_stream():
   # the stage-1 loss runs the audio stream alone: finite, and no gradient reaches the video stream
   params = nn.meta.unbox(jax.jit(task.init_params)(jax.random.key(0), batch))
   (loss, aux), grads = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))(params, batch, jax.random.key(1))
-  assert np.isfinite(float(loss)) and set(aux) == {"loss_audio"}
+  assert np.isfinite(float(loss)) and set(aux) == {"loss_audio", "weight"} and float(aux["weight"]) == 1.0
   g = train_lib.flat(grads)
   assert all(float(np.abs(g[k]).max()) == 0.0 for k in g if k.startswith(("blocks/video/", "video_")))
   assert float(np.abs(g["blocks/audio/attn1/to_q/kernel"]).max()) > 0.0
