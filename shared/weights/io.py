@@ -29,13 +29,22 @@ INDEX = "model.safetensors.index.json"
 
 
 def read_json(path: str) -> dict:
+  """A JSON object (config.json, index.json, adapter_config.json); CheckpointError naming the file if it is
+  missing, unreadable, not valid JSON or not an object."""
   try:
-    with open(path) as f:
-      return json.load(f)
+    with open(path, "rb") as f:
+      obj = json.loads(f.read().decode("utf-8"))
   except FileNotFoundError:
     raise CheckpointError(f"file {path} not found") from None
+  except OSError as e:
+    raise CheckpointError(f"file {path} cannot be read: {e.strerror or e}") from None
+  except UnicodeDecodeError as e:
+    raise CheckpointError(f"file {path} is not valid JSON: not UTF-8 text ({e.reason} at byte {e.start})") from None
   except json.JSONDecodeError as e:
     raise CheckpointError(f"file {path} is not valid JSON: {e}") from None
+  if not isinstance(obj, dict):
+    raise CheckpointError(f"file {path} is not a JSON object (got a JSON {type(obj).__name__})")
+  return obj
 
 
 def write_json(path: str, obj: dict):
@@ -44,13 +53,72 @@ def write_json(path: str, obj: dict):
     f.write("\n")
 
 
+def _count(shape) -> int:
+  return int(np.prod(shape, dtype=np.int64))
+
+
 def _read_header(path: str) -> tuple[dict, int]:
+  """(header dict, byte offset of the data) after checking the file against its header: the length field,
+  the JSON, and each tensor's dtype, shape and data_offsets (nbytes == end - start, inside the file, no
+  overlaps). Reads the header only. CheckpointError naming the file (and the tensor key) otherwise."""
   try:
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-      (n,) = struct.unpack("<Q", f.read(8))
-      header = json.loads(f.read(n))
-  except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise CheckpointError(f"file {path} is not a safetensors file: {e}") from None
+      head = f.read(8)
+      if len(head) < 8:
+        raise CheckpointError(f"safetensors file {path} is truncated: {size} bytes, shorter than the 8-byte "
+                              "header length field")
+      (n,) = struct.unpack("<Q", head)
+      if 8 + n > size:
+        raise CheckpointError(f"safetensors file {path} is truncated or not a safetensors file: its header "
+                              f"length field says {n} bytes of header but the file has {size} bytes")
+      raw = f.read(n)
+  except FileNotFoundError:
+    raise CheckpointError(f"safetensors file {path} not found") from None
+  except IsADirectoryError:
+    raise CheckpointError(f"safetensors file {path} is a directory") from None
+  except OSError as e:
+    raise CheckpointError(f"safetensors file {path} cannot be read: {e.strerror or e}") from None
+  if len(raw) < n:  # the file shrank while being read
+    raise CheckpointError(f"safetensors file {path} is truncated: header of {n} bytes, only {len(raw)} read")
+  try:
+    header = json.loads(raw.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"safetensors file {path}: header is not valid JSON ({e})") from None
+  if not isinstance(header, dict):
+    raise CheckpointError(f"safetensors file {path}: header is a JSON {type(header).__name__}, not an object")
+  data_size = size - 8 - n
+  spans = []
+  for k, v in header.items():
+    if k == "__metadata__":
+      continue
+    where = f"safetensors file {path} tensor {k!r}"
+    if not isinstance(v, dict) or not {"dtype", "shape", "data_offsets"} <= set(v):
+      raise CheckpointError(f"{where}: header entry {v!r} lacks dtype / shape / data_offsets")
+    dt, shape, offs = v["dtype"], v["shape"], v["data_offsets"]
+    if dt not in _DTYPES:
+      raise CheckpointError(f"{where}: unsupported dtype {dt!r} (supported: {sorted(_DTYPES)})")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+      raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+    if (not isinstance(offs, list) or len(offs) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs) or not 0 <= offs[0] <= offs[1]):
+      raise CheckpointError(f"{where}: data_offsets {offs!r} is not [start, end] with 0 <= start <= end")
+    nbytes = _count(shape) * _DTYPES[dt].itemsize
+    if offs[1] - offs[0] != nbytes:
+      raise CheckpointError(f"{where}: {dt} {tuple(shape)} is {nbytes} bytes but data_offsets {offs} span "
+                            f"{offs[1] - offs[0]} bytes")
+    spans.append((offs[0], offs[1], k))
+  spans.sort()
+  for (_, end0, k0), (start1, _, k1) in zip(spans, spans[1:]):
+    if start1 < end0:
+      raise CheckpointError(f"safetensors file {path}: tensors {k0!r} and {k1!r} overlap (data_offsets)")
+  beyond = [(end, k) for _, end, k in spans if end > data_size]
+  if beyond:
+    end, k = min(beyond)
+    raise CheckpointError(f"safetensors file {path} is truncated: the file has {size} bytes, its header says "
+                          f"{8 + n + max(e for _, e, _ in spans)} (tensor {k!r} ends at byte {8 + n + end}; "
+                          f"{len(beyond)} of {len(spans)} tensors lie past the end)")
   return header, 8 + n
 
 
@@ -85,16 +153,19 @@ class SafetensorsReader:
   def __init__(self, path: str, index_name: str = INDEX, single_name: str = SINGLE):
     self.source = path
     files: list[str]
+    listed: dict[str, list[str]] = {}  # shard file -> keys its index says it holds
     if os.path.isdir(path):
-      if os.path.exists(os.path.join(path, index_name)):
-        weight_map = read_json(os.path.join(path, index_name)).get("weight_map", {})
-        files = sorted({os.path.join(path, f) for f in weight_map.values()})
+      index_path = os.path.join(path, index_name)
+      if os.path.exists(index_path):
+        files, listed = _index_files(index_path)
       elif os.path.exists(os.path.join(path, single_name)):
         files = [os.path.join(path, single_name)]
       else:
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
       if not files:
         raise CheckpointError(f"no safetensors weights in directory {path} (expected {single_name} or {index_name})")
+    elif not os.path.exists(path):
+      raise CheckpointError(f"checkpoint {path} not found (expected a directory or a .safetensors file)")
     else:
       files = [path]
     self._entries = {}
@@ -103,9 +174,12 @@ class SafetensorsReader:
       for k, v in header.items():
         if k == "__metadata__":
           continue
-        if v["dtype"] not in _DTYPES:
-          raise CheckpointError(f"file {f} key {k!r}: unsupported dtype {v['dtype']}")
         self._entries[k] = (f, start + v["data_offsets"][0], _DTYPES[v["dtype"]], tuple(v["shape"]))
+      absent = [k for k in listed.get(f, ()) if k not in header]
+      if absent:
+        raise CheckpointError(f"index {os.path.join(path, index_name)}: shard {os.path.relpath(f, path)} lacks "
+                              f"{len(absent)} key(s) its weight_map assigns to it: {absent[:20]}"
+                              f"{' ...' if len(absent) > 20 else ''}")
 
   def keys(self):
     return list(self._entries)
@@ -121,8 +195,36 @@ class SafetensorsReader:
 
   def get(self, key, dtype=None) -> np.ndarray:
     f, offset, dt, shape = self._entries[key]
-    arr = np.fromfile(f, dtype=dt, count=int(np.prod(shape, dtype=np.int64)), offset=offset).reshape(shape)
+    count = _count(shape)
+    try:
+      arr = np.fromfile(f, dtype=dt, count=count, offset=offset)
+    except OSError as e:
+      raise CheckpointError(f"safetensors file {f} tensor {key!r} cannot be read: {e.strerror or e}") from None
+    if arr.size != count:  # the file was cut after its header was checked
+      raise CheckpointError(f"safetensors file {f} is truncated: tensor {key!r} {shape} needs {count} "
+                            f"elements at byte {offset}, the file holds {arr.size}")
+    arr = arr.reshape(shape)
     return arr if dtype is None else arr.astype(dtype)
+
+
+def _index_files(index_path: str) -> tuple[list[str], dict[str, list[str]]]:
+  """(sorted shard paths, {shard path: keys}) of a *.safetensors.index.json; CheckpointError naming the index
+  and every shard file it names that does not exist."""
+  weight_map = read_json(index_path).get("weight_map")
+  if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+    raise CheckpointError(f"index {index_path}: \"weight_map\" must be an object {{tensor key: shard file name}}, "
+                          f"got {type(weight_map).__name__}")
+  directory = os.path.dirname(index_path)
+  listed: dict[str, list[str]] = {}
+  for k, name in weight_map.items():
+    listed.setdefault(os.path.join(directory, name), []).append(k)
+  if not listed:
+    raise CheckpointError(f"index {index_path}: \"weight_map\" is empty (no shard files listed)")
+  missing = sorted(os.path.relpath(f, directory) for f in listed if not os.path.isfile(f))
+  if missing:
+    raise CheckpointError(f"index {index_path} names {len(missing)} shard file(s) that do not exist in {directory}: "
+                          f"{missing} ({len(listed)} shards listed)")
+  return sorted(listed), listed
 
 
 Spec = tuple  # (key, shape, dtype, produce: () -> np.ndarray)
