@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 flags.DEFINE_string("workdir", None, "UniTalking training workdir.")
 flags.DEFINE_integer("n", 32, "Held-out clips per task.")
@@ -25,9 +25,7 @@ flags.DEFINE_float("text_scale", None, "CFG text scale (default: the workdir con
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
-  sys.path.insert(0, ".")
+def main():
   from shared.checkpoint import restore
   from unitalking_jax.model import model_from_config
   from unitalking_jax.samples import scores
@@ -45,5 +43,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  sys.path.insert(0, ".")
+  from shared import cli
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from shared import cli
 from shared.checkpoint import restore
-from unitalking_jax.model import model_from_config
-from unitalking_jax.samples import scores
-from unitalking_jax.task import make_task
 
 
 def evaluate(workdir: str, *, split: str = "test", n: int = 32, step: int | None = None, seed: int = 0,
              text_scale: float | None = None) -> tuple[int, dict]:
-  """-> (step, {"<task>/<metric>": value})."""
-  r = restore(workdir, step, model_fn=model_from_config)
+  """-> (step, {"<task>/<metric>": value}). CheckpointError naming the directory / step when there is none."""
+  r = restore(workdir, step)
+  from unitalking_jax.model import model_from_config   # (after restore: a bad --workdir fails in a second)
+  from unitalking_jax.samples import scores
+  from unitalking_jax.task import make_task
   cfg = r.config
   if text_scale is not None:
     cfg.sampling.text_scale = text_scale
-  task = make_task(cfg, r.model)
+  task = make_task(cfg, model_from_config(cfg))
   got = scores(cfg, task.generate, r.params, n, seed=seed, split=split)
   flat = {f"{t}/{k}": float(v) for t, m in got.items() for k, v in m.items()}
   return r.step, flat

@@ -30,6 +30,7 @@ from absl import flags
 from flax import traverse_util
 
 from shared import cli
+from shared.errors import ConfigError
 from shared.models.wan_dit import WanDiT
 from shared.weights import io
 from shared.weights.wan_dit_family import save_wan_dit
@@ -61,12 +62,25 @@ def export(model: UniTalking, params, out: str, cfg_json: dict | None = None) ->
   io.write_json(os.path.join(out, "unitalking_config.json"), cfg_json)
 
 
+def check_out(out: str) -> str:
+  """--out as an absolute path, checked before the checkpoint is read: ConfigError when it is a file, or a
+  non-empty directory that holds no UniTalking release (a release is overwritten in place)."""
+  out = os.path.abspath(out)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ConfigError(f"--out {out} is an existing file: expected the release directory to write")
+  if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "unitalking_config.json")):
+    raise ConfigError(f"--out {out} is a non-empty directory that holds no UniTalking release: give a new or "
+                      f"empty directory")
+  return out
+
+
 def main():
   from shared.checkpoint import restore
   from unitalking_jax.model import model_from_config
+  out = check_out(FLAGS.out)
   r = restore(FLAGS.workdir, model_fn=model_from_config)
-  export(r.model, r.params, FLAGS.out, json.loads(r.config.to_json()))
-  print(f"wrote {FLAGS.out}")
+  export(r.model, r.params, cli.make_dir(out, "--out"), json.loads(r.config.to_json()))
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""`python -m unitalking_jax.sample --workdir DIR --task t2av --text "..." [--image F] [--ref-audio F]
+"""`python -m unitalking_jax.sample --workdir DIR --task t2av --text "..." [--image F] [--ref_audio F]
 [--video F] --out out.mp4`
 
 Generates one clip with the latest checkpoint in DIR (config from DIR/config.json). --text: toneless
 pinyin syllables ("ma ba luo") or Chinese characters (converted with pypinyin); with data.text = "umt5" any
 prompt (encoded by the config's frozen UMT5, data.text_tokenizer / data.text_encoder). --image: first frame (PNG/JPG,
-resized to the config's frame size; ti2av). --ref-audio: a wav whose voice to mimic (tr2av). --video: an mp4
+resized to the config's frame size; ti2av). --ref_audio: a wav whose voice to mimic (tr2av). --video: an mp4
 whose frames are kept (tv2a). Writes OUT (mp4 with audio) and, beside it, OUT.wav, OUT_frames.png, OUT_mel.png.
+
+Each task's inputs are declared in REQUIRED_INPUTS and checked before the checkpoint is read: a missing one, one
+the task would ignore, or an empty --text is a ConfigError naming the flag; a file that does not exist or does
+not decode is a DataError naming it (the files are decoded before the checkpoint is read too). Errors: one line,
+exit 2 (shared.cli; --verbose adds the traceback).
 """
 from __future__ import annotations
 
@@ -15,20 +20,19 @@ import numpy as np
 from absl import flags
 
 from shared import cli
-from shared.checkpoint import restore
-from shared.errors import DataError
-from shared.text.pinyin import is_han, to_pinyin
-from unitalking_jax import data as data_lib
-from unitalking_jax.model import model_from_config
-from unitalking_jax.samples import write_samples
-from unitalking_jax.task import TASKS, make_task
+from shared.errors import ConfigError, DataError
 
 FLAGS = flags.FLAGS
+
+# The inputs each task needs beside --text (the keys are unitalking_jax.task.TASKS, in its order).
+REQUIRED_INPUTS = {"t2av": (), "tv2a": ("video",), "ti2av": ("image",), "tr2av": ("ref_audio",)}
+INPUTS = {"video": "an mp4 whose frames are kept", "image": "the first frame: a face crop, PNG or JPG",
+          "ref_audio": "a wav whose voice to mimic"}
 
 
 def define_flags():
   flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/, config.json).")
-  flags.DEFINE_enum("task", "t2av", TASKS, "Generation task.")
+  flags.DEFINE_enum("task", "t2av", list(REQUIRED_INPUTS), "Generation task.")
   flags.DEFINE_string("text", "", "Pinyin syllables or Chinese text.")
   flags.DEFINE_string("image", None, "First frame image (ti2av): a face crop, resized to the model's frame size.")
   flags.DEFINE_string("ref_audio", None, "Reference voice wav (tr2av).")
@@ -38,46 +42,121 @@ def define_flags():
   flags.mark_flags_as_required(["workdir"])
 
 
-def build_inputs(cfg, text: str, image=None, ref_audio=None, video=None) -> dict:
-  """One example in the training layout (unused conditions from a held-out clip's shapes, zeroed)."""
+def check_inputs(task: str, text: str, **given: str | None) -> None:
+  """ConfigError naming the flag: an unknown task, an empty --text, an input the task needs and was not given,
+  or one it would ignore; DataError naming the flag and file: a given file that does not exist.
+  given: {"image": path or None, "ref_audio": ..., "video": ...}."""
+  if task not in REQUIRED_INPUTS:
+    raise ConfigError(f"--task {task!r}: expected one of {list(REQUIRED_INPUTS)}")
+  if not (text or "").strip():
+    raise ConfigError(f"--text is empty: --task {task} needs the words to speak "
+                      f"(pinyin syllables such as \"ma ba luo\", or Chinese characters)")
+  for name in REQUIRED_INPUTS[task]:
+    if not given.get(name):
+      raise ConfigError(f"--task {task} needs --{name} ({INPUTS[name]})")
+  for name, value in given.items():
+    if value and name not in REQUIRED_INPUTS[task]:
+      users = [t for t, need in REQUIRED_INPUTS.items() if name in need]
+      raise ConfigError(f"--task {task} does not use --{name} (it is for --task {' / '.join(users)}): "
+                        f"drop it or change --task")
+  for name, value in given.items():
+    if value and not os.path.isfile(value):
+      raise DataError(f"--{name}: no such file", path=value)
+
+
+def read_image(path: str) -> np.ndarray:
+  """An image file -> [H, W, 3] uint8 RGB; DataError naming the file when missing or undecodable."""
   from PIL import Image
+  path = str(path)
+  if not os.path.isfile(path):
+    raise DataError("image file does not exist", path=path)
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"), np.uint8)
+  except (OSError, ValueError, Image.DecompressionBombError) as e:   # UnidentifiedImageError is an OSError
+    raise DataError(f"cannot decode image: {type(e).__name__}: {e}", path=path) from e
+
+
+def read_inputs(image=None, ref_audio=None, video=None) -> dict:
+  """Decodes the files given (not None): {"image": [H,W,3] uint8, "video": [T,H,W,3] uint8, "ref_audio": [S]
+  float32 at 16 kHz}. DataError naming the file when one is missing, undecodable or empty."""
   from shared.data.media import read_mp4, read_wav
+  out = {}
+  if image is not None:
+    out["image"] = read_image(image)
+  if video is not None:
+    out["video"] = read_mp4(video, with_audio=False).frames
+  if ref_audio is not None:
+    out["ref_audio"], _ = read_wav(ref_audio, sample_rate=16000)
+    if not out["ref_audio"].size:
+      raise DataError("audio file holds no samples", path=str(ref_audio))
+  return out
+
+
+def build_inputs(cfg, text: str, image=None, ref_audio=None, video=None) -> dict:
+  """One example in the training layout (unused conditions from a held-out clip's shapes, zeroed).
+  image / ref_audio / video: a file path or what read_inputs decoded from one."""
+  from PIL import Image
+  from shared.text.pinyin import is_han, to_pinyin
+  from unitalking_jax import data as data_lib
+  given = {"image": image, "ref_audio": ref_audio, "video": video}
+  given.update(read_inputs(**{k: v for k, v in given.items() if isinstance(v, (str, os.PathLike))}))
+  image, ref_audio, video = given["image"], given["ref_audio"], given["video"]
   d = cfg.data
+  if data_lib.text_kind(cfg) == "umt5":
+    text_features = data_lib.prompt_features(cfg, text)
+  else:   # checked before the codecs are fitted: a wrong --text fails in seconds
+    syl = to_pinyin(text) if any(is_han(ch) for ch in text) else text.split()
+    ids = data_lib.VOCAB.encode(syl)
+    unknown = [s for s, i in zip(syl, ids) if i == data_lib.VOCAB.unk_id]
+    if unknown or not len(ids):
+      raise ConfigError(f"--text {text!r}: {unknown or 'nothing'} not in the pinyin vocabulary "
+                        f"(shared/text/pinyin_vocab.txt): give toneless pinyin syllables or Chinese characters")
+    if len(ids) > d.text_len:
+      raise ConfigError(f"--text has {len(ids)} syllables: this model takes at most {d.text_len} (data.text_len)")
+    text_features = data_lib.pinyin_text(syl, cfg)
   base = data_lib.prepare(data_lib.source(cfg, "test")[0], cfg)
   c = data_lib.codecs(cfg)
   out = {k: np.zeros_like(v) for k, v in base.items()}
-  if data_lib.text_kind(cfg) == "umt5":
-    out["text"], out["text_mask"] = data_lib.prompt_features(cfg, text)
-  else:
-    syl = to_pinyin(text) if any(is_han(ch) for ch in text) else text.split()
-    ids = data_lib.VOCAB.encode(syl)[:d.text_len]
-    if not len(ids) or (ids == data_lib.VOCAB.unk_id).any():
-      raise DataError(f"text {text!r}: expected pinyin syllables of the vocabulary (shared/text/pinyin_vocab.txt) "
-                      f"or Chinese characters", key="text")
-    out["text"], out["text_mask"] = data_lib.pinyin_text(syl, cfg)
+  out["text"], out["text_mask"] = text_features
   side = data_lib.model_frame_size(cfg)  # given images / videos are taken as face crops and resized to it
   if image is not None:
-    img = np.asarray(Image.open(image).convert("RGB").resize((side, side)), np.uint8)
+    img = np.asarray(Image.fromarray(image).resize((side, side)), np.uint8)
     out["video"] = c.encode_video(np.repeat(img[None], d.frames, 0))
   if video is not None:
-    frames = read_mp4(video, with_audio=False).frames
-    frames = np.stack([np.asarray(Image.fromarray(f).resize((side, side))) for f in frames[:d.frames]])
+    frames = np.stack([np.asarray(Image.fromarray(f).resize((side, side))) for f in video[:d.frames]])
     if frames.shape[0] < d.frames:
       frames = np.concatenate([frames, np.repeat(frames[-1:], d.frames - frames.shape[0], 0)])
     out["video"] = c.encode_video(frames)
   if ref_audio is not None:
-    audio, _ = read_wav(ref_audio, sample_rate=16000)
-    m = c.encode_audio(audio, d.frames * data_lib.MEL_PER_FRAME)
+    m = c.encode_audio(ref_audio, d.frames * data_lib.MEL_PER_FRAME)
     out["ref"] = m.reshape(d.frames, -1)
   return {k: v[None] for k, v in out.items()}
 
 
+def output_path(out: str) -> str:
+  """--out as an absolute path; ConfigError naming --out when it is a directory."""
+  out = os.path.abspath(out)
+  if os.path.isdir(out):
+    raise ConfigError(f"--out {out} is a directory: expected the mp4 file to write (e.g. {out}/sample.mp4)")
+  return out
+
+
 def main():
-  r = restore(FLAGS.workdir, model_fn=model_from_config)   # params only: no trainer, no data pipeline
+  f = FLAGS
+  given = {"image": f.image or None, "ref_audio": f.ref_audio or None, "video": f.video or None}
+  check_inputs(f.task, f.text, **given)        # all before the checkpoint is read: seconds, not minutes
+  media = read_inputs(**given)
+  out = output_path(f.out)
+  from shared.checkpoint import restore
+  r = restore(f.workdir)   # params only: no trainer, no data pipeline
+  cli.make_dir(os.path.dirname(out), "the folder of --out")   # (before generating)
+  from unitalking_jax.model import model_from_config   # (after restore: a bad --workdir fails in a second)
+  from unitalking_jax.samples import write_samples
+  from unitalking_jax.task import make_task
   cfg = r.config
-  batch = build_inputs(cfg, FLAGS.text, FLAGS.image, FLAGS.ref_audio, FLAGS.video)
-  v, a = make_task(cfg, r.model).generate(r.params, batch, FLAGS.task, seed=FLAGS.seed)
-  out = os.path.abspath(FLAGS.out)
+  batch = build_inputs(cfg, f.text, **media)
+  v, a = make_task(cfg, model_from_config(cfg)).generate(r.params, batch, f.task, seed=f.seed)
   name = os.path.splitext(os.path.basename(out))[0]
   write_samples(os.path.dirname(out), cfg, np.asarray(v), np.asarray(a), [name])
   print(f"wrote {out}")

@@ -204,24 +204,25 @@ def codec_kind(cfg) -> str:
 
 def main():
   from unitalking_jax import train_video_codec
-  cfg = cli.FLAGS.config
-  workdir = cli.FLAGS.workdir
+  cfg = cli.train_config()
+  video = codec_kind(cfg) == "video"   # user errors first: before data statistics or a distributed start
+  workdir = cli.make_dir(cli.FLAGS.workdir, "--workdir")
   cli.start_distributed()
-  video = codec_kind(cfg) == "video"
   task = train_video_codec.make_task(cfg) if video else make_task(cfg)
   lead = jax.process_index() == 0
   if lead and not os.path.exists(os.path.join(workdir, "eval_init.json")):
     batch = next(task.make_train_iter())
     init = nn.unbox(task.init_params(jax.random.key(cfg.trainer.seed), batch))  # the trainer's step-0 params
     m0 = task.eval_fn({"params": init}, 0)
-    os.makedirs(workdir, exist_ok=True)
-    json.dump(m0, open(os.path.join(workdir, "eval_init.json"), "w"), indent=1)
+    with open(os.path.join(workdir, "eval_init.json"), "w") as f:
+      json.dump(m0, f, indent=1)
     print("initial held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in m0.items()), flush=True)
   result = train_lib.train(cfg, task, workdir)
   if lead:
     params = jax.device_get(result.state.params)
     m = task.eval_fn({"params": params}, result.step)
-    json.dump({"step": result.step, **m}, open(os.path.join(workdir, "eval_final.json"), "w"), indent=1)
+    with open(os.path.join(workdir, "eval_final.json"), "w") as f:
+      json.dump({"step": result.step, **m}, f, indent=1)
     if video:
       train_video_codec.export_codec(cfg, task, params, workdir)
       out = os.path.join(workdir, train_video_codec.EXPORT_DIR)
