@@ -137,7 +137,7 @@ def make_task(cfg) -> train_lib.Task:
 
 
 def main():
-  cfg = cli.FLAGS.config
+  cfg = cli.train_config()
   cli.start_distributed()
   task = make_task(cfg)
   result = train_lib.train(cfg, task, cli.FLAGS.workdir)

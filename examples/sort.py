@@ -165,7 +165,7 @@ class _Poisoned:
 
 
 def main():
-  cfg = cli.FLAGS.config
+  cfg = cli.train_config()
   cli.start_distributed()
   result = train_lib.train(cfg, make_task(cfg), cli.FLAGS.workdir)
   print(f"{result.status} at step {result.step} (workdir {cli.FLAGS.workdir})", flush=True)

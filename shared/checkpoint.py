@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import time
 from typing import Any, Callable
 
 import jax
@@ -21,6 +23,33 @@ import ml_collections
 import numpy as np
 
 from shared.errors import CheckpointError
+
+log = logging.getLogger("shared.checkpoint")
+
+# files every complete step holds (orbax layout); a missing one names the damage before orbax is asked
+REQUIRED_FILES = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt", "state/commit_success.txt")
+DAMAGED_DIR = "checkpoints_damaged"   # DIR/checkpoints_damaged/<step>-<time>: damaged steps moved aside, kept
+
+
+class CheckpointMismatch(CheckpointError):
+  """The checkpoint is intact but does not match the model (a config change): never a reason to fall back."""
+
+
+def damage_of(step_dir: str, error: BaseException | None = None) -> str:
+  """Which file of a checkpoint step is missing or unreadable: a required file that is absent, else the file an
+  orbax / tensorstore error names, else the error itself."""
+  import re
+  missing = [f for f in REQUIRED_FILES if not os.path.exists(os.path.join(step_dir, f))]
+  if missing:
+    return f"missing file {os.path.join(step_dir, missing[0])}"
+  if error is not None:
+    text = f"{error} {error.__cause__ or ''}"
+    files = [f for f in re.findall(r'(?:local file|file) "([^"]+)"', text) if f.startswith(step_dir)]
+    if files:
+      m = re.search(r"(Requested byte range[^\[]*|not valid[^\[]*|Error reading[^\[]*?)\s*\[", text)
+      return f"unreadable file {max(files, key=len)}" + (f" ({m.group(1).strip()})" if m else "")
+    return f"{type(error).__name__}: {str(error)[:300]}"
+  return "unknown damage"
 
 
 def path_str(path) -> str:
@@ -90,6 +119,9 @@ class Checkpointer:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_state, shardings)
     where = os.path.join(self.directory, str(step))
+    missing = [f for f in REQUIRED_FILES if not os.path.exists(os.path.join(where, f))]
+    if missing:
+      raise CheckpointError(f"cannot restore checkpoint {where}: {damage_of(where)}")
     self.check_shapes(step, target, where)
     args = dict(state=self._ocp.args.StandardRestore(target))
     data = self._data_item(data_iter, save=False)
@@ -97,9 +129,55 @@ class Checkpointer:
       args["data"] = data
     try:
       restored = self.manager.restore(step, args=self._ocp.args.Composite(**args))
-    except Exception as e:  # orbax raises many types; name the checkpoint and what was expected
-      raise CheckpointError(f"cannot restore checkpoint {where}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # orbax raises many types; name the checkpoint and the file
+      raise CheckpointError(f"cannot restore checkpoint {where}: {damage_of(where, e)}") from e
     return restored["state"]
+
+  def restore_newest(self, abstract_state, shardings, data_iter, *, step: int | None = None):
+    """-> (step, state) of the newest restorable checkpoint (or exactly `step`), or (None, None) when there is
+    none. A damaged step (a missing or truncated file) is logged naming the step and the file, moved aside to
+    DIR/checkpoints_damaged/<step>-<time> (kept, never deleted; a later save of that step must not collide)
+    and the next older step is tried. A checkpoint that does not match the model is not damage: it raises."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if step is not None:
+      if step not in steps:
+        raise CheckpointError(f"trainer.checkpoint.resume_step={step} (--resume_step {step}): no checkpoint for "
+                              f"that step under {self.directory} "
+                              f"(steps: {sorted(steps)})")
+      state = self.restore(step, abstract_state, shardings, data_iter)
+      for later in (s for s in steps if s > step):   # the run branches at `step`: later steps are kept aside
+        self.move_aside(later, why="superseded")
+      return step, state
+    failures = []
+    for s in steps:
+      try:
+        return s, self.restore(s, abstract_state, shardings, data_iter)
+      except CheckpointMismatch:
+        raise
+      except CheckpointError as e:
+        failures.append(f"step {s}: {e}")
+        log.warning("checkpoint step %d is damaged (%s); trying the previous step", s, e)
+        self.move_aside(s, why="damaged")
+    if failures:
+      raise CheckpointError(f"no restorable checkpoint under {self.directory} (damaged steps moved to "
+                            f"{os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)}):\n  "
+                            + "\n  ".join(failures))
+    return None, None
+
+  def move_aside(self, step: int, why: str = "damaged"):
+    """Moves a step to DIR/checkpoints_<why>/<step>-<unix time> (process 0; kept, never deleted) and reloads the
+    manager: a damaged step, or (why="superseded") a step after an explicit resume_step."""
+    src = os.path.join(self.directory, str(step))
+    if jax.process_index() == 0 and os.path.isdir(src):
+      dst_root = os.path.join(os.path.dirname(self.directory), f"checkpoints_{why}")
+      os.makedirs(dst_root, exist_ok=True)
+      dst = os.path.join(dst_root, f"{step}-{int(time.time())}")
+      os.rename(src, dst)
+      log.warning("moved %s checkpoint %s to %s (kept)", why, src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"move_aside_{step}")
+    self.manager.reload()
 
   def state_metadata(self, step: int) -> dict:
     """{'/'-joined path: (shape, dtype)} of the saved TrainState, from the checkpoint's metadata."""
@@ -125,7 +203,7 @@ class Checkpointer:
             restore_args=jax.tree.map(lambda s: ocp.ArrayRestoreArgs(
                 sharding=s.sharding, global_shape=s.shape, dtype=s.dtype), target)))
     except Exception as e:
-      raise CheckpointError(f"cannot restore checkpoint {where}: {type(e).__name__}: {e}") from e
+      raise CheckpointError(f"cannot restore checkpoint {where}: {damage_of(where, e)}") from e
 
   def config(self, step: int) -> dict | None:
     try:
@@ -146,7 +224,7 @@ class Checkpointer:
                    if k in have and have[k] != want[k])
     if wrong or (missing and len(missing) < len(want)):
       lines = wrong[:20] + [f"{k}: not in checkpoint" for k in missing[:20]]
-      raise CheckpointError(f"checkpoint {where} does not match the model "
+      raise CheckpointMismatch(f"checkpoint {where} does not match the model "
                             f"({len(wrong)} shape mismatches, {len(missing)} missing):\n  "
                             + "\n  ".join(lines))
 
@@ -188,43 +266,61 @@ def restore(workdir: str, step: int | None = None, *, model_fn: Callable | None 
             sharding=None) -> Restored:
   """(config, step, params, model_state[, model]) of a training workdir, without building a trainer.
 
-  step: None = the latest complete checkpoint. model_fn(cfg) -> model (e.g. a system's model_from_config).
-  sharding: where the arrays go (default: replicated on this process's first device) — any device count
-  can read a checkpoint written on another. Only params and model_state are read."""
+  step: None = the newest restorable checkpoint (a damaged newer one is named in a warning and skipped; nothing
+  is moved or deleted). model_fn(cfg) -> model (e.g. a system's model_from_config). sharding: where the arrays
+  go (default: this process's first device) - any device count reads a checkpoint written on another. Only
+  params and model_state are read (no optimizer moments, no data pipeline)."""
   ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise CheckpointError(f"{ckpt_dir} not found: --workdir must be a training directory")
   ckpt = Checkpointer(workdir, keep=1, async_save=False, create=False)
   try:
-    steps = ckpt.manager.all_steps()
+    steps = sorted(ckpt.manager.all_steps(), reverse=True)
     if not steps:
       raise CheckpointError(f"no complete checkpoint under {ckpt.directory}")
-    if step is None:
-      step = max(steps)
-    elif step not in steps:
+    if step is not None and step not in steps:
       raise CheckpointError(f"no checkpoint for step {step} under {ckpt.directory} (steps: {sorted(steps)})")
-    cfg_dict = ckpt.config(step)
-    if cfg_dict is None:
-      path = os.path.join(workdir, "config.json")
-      if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {ckpt.directory}/{step} has no config and {path} is missing")
-      with open(path) as f:
-        cfg_dict = json.load(f)
-    meta = ckpt.state_metadata(step)
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    parts = {}
-    for part in ("params", "model_state"):
-      leaves = {k[len(part) + 1:]: jax.ShapeDtypeStruct(s, np.dtype(d) if d is not None else np.float32,
-                                                        sharding=sharding)
-                for k, (s, d) in meta.items() if k.startswith(part + "/")}
-      parts[part] = _unflatten(leaves)
-    if not parts["params"]:
-      raise CheckpointError(f"checkpoint {ckpt.directory}/{step} holds no params")
-    target = {k: v for k, v in parts.items() if v}
-    got = ckpt.restore_parts(step, target)
+    failures = []
+    for s in ([step] if step is not None else steps):
+      try:
+        got = _restore_step(ckpt, workdir, s, sharding)
+        break
+      except CheckpointError as e:
+        if step is not None:
+          raise
+        failures.append(f"step {s}: {e}")
+        log.warning("checkpoint step %d cannot be read (%s); trying the previous step", s, e)
+    else:
+      raise CheckpointError(f"no restorable checkpoint under {ckpt.directory}:\n  " + "\n  ".join(failures))
   finally:
     ckpt.close()
+  cfg_dict, params, model_state, s = got
   cfg = ml_collections.ConfigDict(cfg_dict)
   model = model_fn(cfg) if model_fn is not None else None
-  return Restored(config=cfg, step=int(step), params=got["params"], model_state=got.get("model_state", {}),
-                  model=model)
+  return Restored(config=cfg, step=int(s), params=params, model_state=model_state, model=model)
+
+
+def _restore_step(ckpt: Checkpointer, workdir: str, step: int, sharding):
+  """-> (config dict, params, model_state, step) of one step; CheckpointError naming the damage."""
+  where = os.path.join(ckpt.directory, str(step))
+  if any(not os.path.exists(os.path.join(where, f)) for f in REQUIRED_FILES):
+    raise CheckpointError(f"cannot restore checkpoint {where}: {damage_of(where)}")
+  cfg_dict = ckpt.config(step)
+  if cfg_dict is None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+      raise CheckpointError(f"checkpoint {where} has no config and {path} is missing")
+    with open(path) as f:
+      cfg_dict = json.load(f)
+  meta = ckpt.state_metadata(step)
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  parts = {}
+  for part in ("params", "model_state"):
+    leaves = {k[len(part) + 1:]: jax.ShapeDtypeStruct(s, np.dtype(d) if d is not None else np.float32,
+                                                      sharding=sharding)
+              for k, (s, d) in meta.items() if k.startswith(part + "/")}
+    parts[part] = _unflatten(leaves)
+  if not parts["params"]:
+    raise CheckpointError(f"checkpoint {where} holds no params")
+  got = ckpt.restore_parts(step, {k: v for k, v in parts.items() if v})
+  return cfg_dict, got["params"], got.get("model_state", {}), step

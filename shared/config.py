@@ -9,7 +9,8 @@ plus its own `model` / `data` sections. Configs are locked: a misspelt key fails
     cfg.trainer.schedule    name (constant|warmup_cosine|warmup_linear|tri_stage), warmup_steps,
                             hold_steps, decay_steps, init_ratio, final_ratio
     cfg.trainer.precision   param_dtype, compute_dtype
-    cfg.trainer.checkpoint  every_steps, keep, async_save
+    cfg.trainer.checkpoint  every_steps, keep, async_save, resume_step (-1 = newest restorable)
+    cfg.trainer.hooks       on_error (continue|stop: a failing sample / eval hook, after the save)
     cfg.trainer.mesh        data, fsdp, tensor, sequence (-1 = the rest of the devices)
     cfg.trainer.rules       logical-axis rule overrides: ((logical_name, mesh_axes), ...)
     cfg.trainer.remat       a model remat_policy name (shared.nn.remat: none|full|dots|save_residual|...)
@@ -33,6 +34,7 @@ from shared.nn import remat as remat_lib
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "tri_stage")
 REMAT_POLICIES = tuple(remat_lib.POLICIES)   # the models' remat_policy names: one table
+HOOK_ERROR_MODES = ("continue", "stop")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -59,7 +61,11 @@ def trainer_config(**overrides) -> ml_collections.ConfigDict:
       name="warmup_cosine", warmup_steps=100, hold_steps=0, decay_steps=0, init_ratio=0.0,
       final_ratio=0.0))
   c.precision = ml_collections.ConfigDict(dict(param_dtype="float32", compute_dtype="bfloat16"))
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True))
+  # resume_step: -1 = the newest restorable checkpoint (a damaged newer one is skipped), N = exactly step N
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True, resume_step=-1))
+  # host-side hooks (samples, eval) run after that step's checkpoint is saved; a failing one is logged and
+  # counted (metric hook_failures); on_error="stop" ends the run after the save (HookFailed)
+  c.hooks = ml_collections.ConfigDict(dict(on_error="continue"))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1))
   c.rules = ()
   c.remat = "none"
@@ -121,6 +127,10 @@ def validate_trainer(t: ml_collections.ConfigDict) -> None:
       _fail(f"precision.{key}", t.precision[key], f"one of {tuple(DTYPES)}")
   if t.checkpoint.every_steps < 0 or t.checkpoint.keep < 1:
     _fail("checkpoint", dict(t.checkpoint), "every_steps >= 0 and keep >= 1")
+  if not isinstance(t.checkpoint.resume_step, int) or t.checkpoint.resume_step < -1:
+    _fail("checkpoint.resume_step", t.checkpoint.resume_step, "-1 (the newest restorable) or a step >= 0")
+  if t.hooks.on_error not in HOOK_ERROR_MODES:
+    _fail("hooks.on_error", t.hooks.on_error, f"one of {HOOK_ERROR_MODES}")
   sizes = [t.mesh[a] for a in ("data", "fsdp", "tensor", "sequence")]
   if sum(1 for x in sizes if x == -1) > 1 or any(x == 0 or x < -1 for x in sizes):
     _fail("mesh", dict(t.mesh), "positive sizes with at most one -1")

@@ -68,6 +68,8 @@ class Task:
       With `mutable`: loss_fn(params, batch, rng, model_state) -> (loss_sum, aux, new_model_state).
   mutable   model-state collections (e.g. ("batch_stats",)): kept in TrainState.model_state, updated by the
       train step (micro-batches in order), checkpointed, never differentiated
+  check_config() -> None   raises ConfigError for a bad setting (sampling, eval, inputs); the trainer calls it
+      before any data is built, so config errors come in seconds (a system may also check in make_task)
   make_train_iter() -> iterator of host-local numpy batches (dict name -> [B_local, ...]); a grain
       DatasetIterator (get_state/set_state) makes resume exact and is saved in checkpoints
   example_batch   one host-local batch (shapes for init/compile); peeked from the iterator if None
@@ -89,6 +91,7 @@ class Task:
   flops_per_step: float | None = None
   post_init: Callable[[Any], Any] | None = None
   mutable: tuple[str, ...] = ()
+  check_config: Callable[[], None] | None = None
 
 
 @flax.struct.dataclass
@@ -235,17 +238,36 @@ def _opt_shardings(abstract_opt, param_sh: dict[str, Any], repl):
   return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
 
+def check_batch(t, mesh, rules) -> None:
+  """trainer.batch_size against the mesh's batch shards, accumulation and processes (ConfigError)."""
+  divisor = mesh_lib.batch_divisor(mesh, rules)
+  if t.batch_size % (divisor * t.optimizer.accumulate_steps):
+    raise ConfigError(f"trainer.batch_size={t.batch_size} must be a multiple of the batch shards "
+                      f"({divisor}) of mesh {dict(mesh.shape)} times trainer.optimizer.accumulate_steps "
+                      f"({t.optimizer.accumulate_steps})")
+  mesh_lib.local_batch_size(t.batch_size)
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir exists (created) and is writable; ConfigError naming it otherwise - before any work is done."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"--workdir {workdir} is not writable ({e.strerror or e}): checkpoints, metrics and "
+                      f"samples go there") from None
+
+
 def build(cfg: ml_collections.ConfigDict, task: Task, *, mesh=None, example_batch=None) -> Setup:
   """Mesh, optimizer, shardings, jitted init and step. No computation yet."""
   t = cfg.trainer
   config_lib.validate_trainer(t)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(t.mesh)
   rules = mesh_lib.rules_from_config(t)
-  divisor = mesh_lib.batch_divisor(mesh, rules)
-  if t.batch_size % (divisor * t.optimizer.accumulate_steps):
-    raise ConfigError(f"trainer.batch_size={t.batch_size} must be a multiple of the batch shards "
-                      f"({divisor}) of mesh {dict(mesh.shape)} times trainer.optimizer.accumulate_steps "
-                      f"({t.optimizer.accumulate_steps})")
+  check_batch(t, mesh, rules)
   example_batch = example_batch if example_batch is not None else task.example_batch
   tx = config_lib.build_optimizer(t)
   rng = jax.random.key(t.seed)
@@ -301,7 +323,10 @@ def build(cfg: ml_collections.ConfigDict, task: Task, *, mesh=None, example_batc
 # --------------------------------------------------------------------------- metrics
 
 class MetricsLog:
-  """TensorBoard events in DIR (tensorboardX), DIR/metrics.jsonl, and the progress line."""
+  """TensorBoard events in DIR (tensorboardX), DIR/metrics.jsonl, and the progress line.
+
+  metrics.jsonl is strict JSON, one object per line: {"step": N, name: value, ...}; a non-finite value is
+  written as null and its name listed under "nonfinite" (e.g. {"loss": null, "nonfinite": ["loss"]})."""
 
   def __init__(self, workdir: str, enabled: bool):
     self.enabled = enabled
@@ -315,16 +340,28 @@ class MetricsLog:
     """On resume: drop lines for steps the restored state has not done (after a kill -9)."""
     if not (self.enabled and os.path.exists(self.path)):
       return
+    keep = []
     with open(self.path) as f:
-      lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
+      for line in f:
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by the kill: it belongs to the lost steps
+          continue
+        if row.get("step", 0) <= step:
+          keep.append(line if line.endswith("\n") else line + "\n")
     with open(self.path, "w") as f:
-      f.writelines(lines)
+      f.writelines(keep)
 
   def write(self, step: int, scalars: dict[str, float], prefix: str = ""):
     if not self.enabled:
       return
+    row = {prefix + k: v for k, v in scalars.items()}
+    bad = sorted(k for k, v in row.items() if v is not None and not math.isfinite(v))
+    row = {k: (None if k in bad else v) for k, v in row.items()}   # strict JSON: no bare NaN / Infinity
+    if bad:
+      row["nonfinite"] = bad                                        # which keys were NaN / inf
     with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **{prefix + k: v for k, v in scalars.items()}}) + "\n")
+      f.write(json.dumps({"step": step, **row}, allow_nan=False) + "\n")
     for k, v in scalars.items():
       if v is not None and np.isfinite(v):
         self.tb.add_scalar(prefix + k, v, step)
@@ -402,11 +439,25 @@ class Result:
   resumed_from: int | None
 
 
+class HookFailed(StackError):
+  """A sample / eval hook failed with trainer.hooks.on_error="stop" (after that step's checkpoint was saved)."""
+
+
 def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None,
           hooks: Sequence[Callable[[int, TrainState], None]] = ()) -> Result:
-  """Trains to cfg.trainer.total_steps, resuming from DIR/checkpoints if it holds one."""
+  """Trains to cfg.trainer.total_steps, resuming from the newest restorable checkpoint in DIR/checkpoints
+  (or trainer.checkpoint.resume_step). Everything a config alone can get wrong (trainer keys, mesh vs devices,
+  batch vs shards, the task's own settings, init entries, a read-only workdir) fails before any data is built."""
   t = cfg.trainer
-  os.makedirs(workdir, exist_ok=True)
+  config_lib.validate_trainer(t)
+  mesh = mesh if mesh is not None else mesh_lib.make_mesh(t.mesh)
+  check_batch(t, mesh, mesh_lib.rules_from_config(t))
+  if task.check_config is not None:
+    task.check_config()
+  if cfg.get("init"):
+    from shared.weights.init import check_init_entries
+    check_init_entries(cfg.init)
+  check_workdir(workdir)
   lead = jax.process_index() == 0
   data_iter = task.make_train_iter()
   example = task.example_batch if task.example_batch is not None else _peek(data_iter)
@@ -414,12 +465,13 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
   cfg_json = config_lib.to_json(cfg)
   ckpt = Checkpointer(workdir, keep=t.checkpoint.keep, async_save=t.checkpoint.async_save)
   metrics = MetricsLog(workdir, enabled=lead)
-  resumed_from = ckpt.latest_step()
+  resumed_from, state = ckpt.restore_newest(setup.abstract_state, setup.state_shardings, data_iter,
+                                            step=None if t.checkpoint.resume_step < 0 else t.checkpoint.resume_step)
   if resumed_from is not None:
-    state = ckpt.restore(resumed_from, setup.abstract_state, setup.state_shardings, data_iter)
     metrics.truncate_after(resumed_from)
     log.info("resumed from %s/%d", ckpt.directory, resumed_from)
   else:
+    metrics.truncate_after(0)   # lines of a run killed before its first checkpoint describe lost steps
     state = setup.init_fn()
     params = state.params
     if cfg.get("init"):   # pretrained weights into subtrees, from the config's named entries
@@ -498,6 +550,26 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
           f"(up to step {s}); updates were skipped, so the parameters and the last checkpoint in "
           f"{ckpt.directory} are the last good ones")
 
+  hook_failures = 0
+
+  def run_hook(name: str, at: int, fn):
+    """A host-side hook, after that step's checkpoint: a failure is logged and counted (metric hook_failures);
+    trainer.hooks.on_error="stop" ends the run (HookFailed) once the checkpoint is on disk."""
+    nonlocal hook_failures
+    try:
+      return fn()
+    except Exception as e:  # any failure of a hook: the training state is safe, say what failed
+      hook_failures += 1
+      log.error("the %s hook failed at step %d (%d hook failures so far): %s: %s", name, at, hook_failures,
+                type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
+      metrics.write(at, {"hook_failures": float(hook_failures)})
+      if t.hooks.on_error == "stop":
+        ckpt.wait()
+        raise HookFailed(f"the {name} hook failed at step {at}: {type(e).__name__}: {e} (the checkpoint of "
+                         f"step {at} is saved in {ckpt.directory}; trainer.hooks.on_error='continue' keeps "
+                         "training)") from e
+      return None
+
   with _Signals() as signals:
     try:
       while step < t.total_steps:
@@ -521,13 +593,18 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
           consume(pending)
           pending = None
           flush(step)
-        if t.eval_every and step % t.eval_every == 0 and task.eval_fn is not None:
-          metrics.write(step, {k: float(v) for k, v in task.eval_fn(state.variables, step).items()},
-                        prefix="eval/")
-        if t.sample_every and step % t.sample_every == 0 and task.sample_fn is not None:
-          task.sample_fn(state.variables, step, os.path.join(workdir, "samples", str(step)))
-        if t.checkpoint.every_steps and step % t.checkpoint.every_steps == 0:
+        due_eval = bool(t.eval_every and step % t.eval_every == 0 and task.eval_fn is not None)
+        due_sample = bool(t.sample_every and step % t.sample_every == 0 and task.sample_fn is not None)
+        # the checkpoint first: a host-side hook that fails (or is killed) never costs the steps since the last save
+        if (t.checkpoint.every_steps and step % t.checkpoint.every_steps == 0) or due_eval or due_sample:
           ckpt.save(step, state, data_iter, cfg_json)
+        if due_eval:
+          got = run_hook("eval", step, lambda: task.eval_fn(state.variables, step))
+          if got is not None:
+            metrics.write(step, {k: float(v) for k, v in got.items()}, prefix="eval/")
+        if due_sample:
+          run_hook("sample", step, lambda: task.sample_fn(state.variables, step,
+                                                          os.path.join(workdir, "samples", str(step))))
         if _stop_requested(signals, step, t.log_every):
           status = "preempted"
           log.warning("%s received: saving a checkpoint at step %d and stopping", signals.received, step)

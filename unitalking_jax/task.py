@@ -166,6 +166,38 @@ def make_generate(cfg, model: UniTalking, task: str):
   return jax.jit(run)
 
 
+SAMPLERS = ("euler", "unipc")
+
+
+def check_config(cfg) -> None:
+  """Every objective / stage / sampling setting, checked when the task is made (before any data or checkpoint):
+  ConfigError naming the key. (A bad sampling setting used to surface only at the first sample, after minutes.)"""
+  def need(ok, key, value, expected):
+    if not ok:
+      raise ConfigError(f"config key {key} = {value!r}: expected {expected}")
+  s, o = cfg.sampling, cfg.objective
+  need(s.sampler in SAMPLERS, "sampling.sampler", s.sampler, f"one of {SAMPLERS}")
+  need(isinstance(s.steps, int) and s.steps >= 1, "sampling.steps", s.steps, "an integer >= 1")
+  need(s.shift > 0, "sampling.shift", s.shift, "> 0")
+  for k in ("text_scale", "ref_scale"):
+    need(s[k] >= 0, f"sampling.{k}", s[k], ">= 0 (1 = no guidance)")
+  need(isinstance(s.num, int) and s.num >= 0, "sampling.num", s.num, "an integer >= 0")
+  need(int(s.get("score_clips", s.num)) >= 1 or not cfg.trainer.sample_every, "sampling.score_clips",
+       s.get("score_clips"), ">= 1 when trainer.sample_every > 0")
+  need(isinstance(s.griffin_lim_iters, int) and s.griffin_lim_iters >= 1, "sampling.griffin_lim_iters",
+       s.griffin_lim_iters, "an integer >= 1")
+  need(o.timestep_shift > 0, "objective.timestep_shift", o.timestep_shift, "> 0")
+  need(o.audio_weight >= 0, "objective.audio_weight", o.audio_weight, ">= 0")
+  for k in ("p_drop_text", "p_drop_ref", "p_drop_all", "p_independent_sigma"):
+    need(0.0 <= float(o.get(k, 0.0)) <= 1.0, f"objective.{k}", o.get(k), "a probability in [0, 1]")
+  need(set(o.tasks.keys()) == set(TASKS), "objective.tasks", dict(o.tasks), f"ratios for exactly {TASKS}")
+  need(cfg.stage.number in (1, 2), "stage.number", cfg.stage.number, "1 (audio stream alone) or 2 (joint)")
+  need(cfg.init_audio in init_from.AUDIO_MODES, "init_audio", cfg.init_audio, f"one of {init_from.AUDIO_MODES}")
+  need(cfg.init_audio != "copy_video" or bool(cfg.init.video.path), "init_audio", cfg.init_audio,
+       "'random' without init.video.path ('copy_video' needs a Wan checkpoint directory there)")
+  data_lib.text_kind(cfg)   # data.text agrees with model.text_vocab
+
+
 def make_task(cfg, model: UniTalking | None = None) -> train_lib.Task:
   """The trainer's Task; task.model, task.generate(params, batch, task_name, seed) for sampling / evaluation.
   Media (clips, sync plots) are written by unitalking_jax/samples.py, not here."""
@@ -173,12 +205,7 @@ def make_task(cfg, model: UniTalking | None = None) -> train_lib.Task:
   mc = model.config
   prefixes = tuple(cfg.stage.trainable)
   gen = {}
-  if cfg.init_audio not in init_from.AUDIO_MODES:
-    raise ConfigError(f"config key init_audio={cfg.init_audio!r}: expected one of {init_from.AUDIO_MODES}")
-  if cfg.init_audio == "copy_video" and not cfg.init.video.path:
-    raise ConfigError("config key init_audio='copy_video' needs init.video.path (a Wan checkpoint directory); "
-                      "with no checkpoint use 'random'")
-  data_lib.text_kind(cfg)   # data.text agrees with model.text_vocab
+  check_config(cfg)
 
   def init_params(rng, batch):
     b = batch["video"].shape[0]

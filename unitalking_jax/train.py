@@ -16,7 +16,7 @@ from unitalking_jax.task import make_task
 
 
 def main():
-  cfg = cli.FLAGS.config
+  cfg = cli.train_config()
   cli.start_distributed()
   task = make_task(cfg)
   task.sample_fn = make_sample_fn(cfg, task)

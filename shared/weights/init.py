@@ -458,17 +458,16 @@ def init_entry(path: str = "", prefix: str = "", family: str = "", rename=(), al
                                         allow_missing=allow_missing, strict=strict))
 
 
-def apply_init_entries(entries, params, *, workdir: str | None = None, config_key: str = "init"):
-  """Applies named entries {name: {path, prefix, family, rename, allow_missing[, strict]}} in order of name
-  -> (params, {name: InitReport}). Entries with an empty path are skipped (and not reported). With `workdir`,
-  writes workdir/init_report.json = {name: report.to_json()} (process 0). config_key: where the entries
-  live in the config, for error messages. Concrete params only, never under jit."""
+def check_init_entries(entries, config_key: str = "init") -> list[tuple[str, dict]]:
+  """Validates named entries without reading any checkpoint -> [(name, {path, prefix, family, rename,
+  allow_missing, strict})] of the entries to apply (non-empty path), in order of name. ConfigError names the key
+  (an unknown key, a wrong type, a path that does not exist): run before any data is built."""
   if entries is None:
     entries = {}
   if not (isinstance(entries, Mapping) or isinstance(entries, ml_collections.ConfigDict)):
     raise ConfigError(f"config key {config_key} is {type(entries).__name__}; expected named entries "
                       f"{{name: init_entry(...)}}")
-  reports: dict[str, InitReport] = {}
+  todo = []
   for name in sorted(entries.keys()):
     e = entries[name]
     where = f"{config_key}.{name}"
@@ -490,10 +489,20 @@ def apply_init_entries(entries, params, *, workdir: str | None = None, config_ke
     for k in ("prefix", "family"):
       if not isinstance(e.get(k, "") or "", str):
         raise ConfigError(f"config key {where}.{k} is {e.get(k)!r}; expected a string")
-    params, reports[name] = load_into(
-        params, path, prefix=e.get("prefix", "") or "", family=e.get("family", "") or None,
-        rename=parse_rename(e.get("rename", ()), f"config key {where}.rename"),
-        allow_missing=bool(e.get("allow_missing", False)), strict=bool(e.get("strict", True)), source_name=name)
+    todo.append((name, dict(path=path, prefix=e.get("prefix", "") or "", family=e.get("family", "") or None,
+                            rename=parse_rename(e.get("rename", ()), f"config key {where}.rename"),
+                            allow_missing=bool(e.get("allow_missing", False)), strict=bool(e.get("strict", True)))))
+  return todo
+
+
+def apply_init_entries(entries, params, *, workdir: str | None = None, config_key: str = "init"):
+  """Applies named entries {name: {path, prefix, family, rename, allow_missing[, strict]}} in order of name
+  -> (params, {name: InitReport}). Entries with an empty path are skipped (and not reported). With `workdir`,
+  writes workdir/init_report.json = {name: report.to_json()} (process 0). config_key: where the entries
+  live in the config, for error messages. Concrete params only, never under jit."""
+  reports: dict[str, InitReport] = {}
+  for name, e in check_init_entries(entries, config_key):
+    params, reports[name] = load_into(params, e.pop("path"), source_name=name, **e)
   if workdir is not None and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     io.write_json(os.path.join(workdir, REPORT_NAME), {n: r.to_json() for n, r in reports.items()})

@@ -2,7 +2,9 @@
 
 python tests/shared/resume_worker.py WORKDIR TOTAL_STEPS MODE
 MODE: plain | sigterm@N (send ourselves SIGTERM after step N) | kill@N (SIGKILL after step N, once
-the checkpoint at step 4 is complete on disk). Writes WORKDIR/final_params.npz when it finishes.
+the checkpoint at the last multiple of 4 is complete on disk) | killrand@SEED (SIGKILL from a timer at a random step and a
+random delay: often inside an asynchronous checkpoint write or a metrics line). Writes
+WORKDIR/final_params.npz when it finishes.
 """
 import os
 import signal
@@ -34,13 +36,24 @@ def main():
 
     def kill(step, state):
       if step == at:
-        done = os.path.join(workdir, "checkpoints", "4")
+        done = os.path.join(workdir, "checkpoints", str(at // 4 * 4))
         for _ in range(600):  # the async save of step 4 finishes in the background
           if os.path.isdir(done) and not any("tmp" in f for f in os.listdir(os.path.dirname(done))):
             break
           time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
     hooks.append(kill)
+  elif mode.startswith("killrand@"):
+    import random
+    import threading
+    rng = random.Random(int(mode.split("@")[1]))
+    at, delay = rng.randint(3, total - 1), rng.uniform(0.0, 0.05)
+    print(f"KILL at step {at} + {delay * 1e3:.0f} ms", flush=True)
+
+    def kill_later(step, state):
+      if step == at:
+        threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+    hooks.append(kill_later)
   result = train_lib.train(cfg, make_task(cfg), workdir, hooks=hooks)
   params = train_lib.flat(jax.device_get(result.state.params))
   np.savez(os.path.join(workdir, "final_params.npz"), **{k.replace("/", "."): v for k, v in params.items()})
