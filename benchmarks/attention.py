@@ -48,10 +48,27 @@ def _mask(kind: str, length: int):
   return m, False, visible / length ** 2
 
 
-def matmul_rate(dtype, repeats: int, n: int) -> dict:
-  a = jnp.ones((n, n), dtype)
+def matmul_rate(dtype, repeats: int, n: int, random: bool = False) -> dict:
+  """Dense n x n x n matmul rate. random=False multiplies ones (this CLI's line); random=True normal values
+  (low-entropy operands draw less power, so ones/zeros can read ~10 % above what real data gets)."""
+  a = (jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype) if random
+       else jnp.ones((n, n), dtype))
   t = _time(jax.jit(lambda a: a @ a), a, repeats=repeats)
-  return dict(bench="matmul", n=n, dtype=jnp.dtype(dtype).name, ms=t * 1e3, tflops=2 * n ** 3 / t / 1e12)
+  row = dict(bench="matmul", n=n, dtype=jnp.dtype(dtype).name, ms=t * 1e3, tflops=2 * n ** 3 / t / 1e12)
+  return dict(row, data="random") if random else row
+
+
+def passes(impl: str, *, causal: bool, block_mask, backward: bool = True) -> list:
+  """[(pass name, jitted fn(q, k, v), FLOP multiplier of the forward)]: "fwd" and, unless backward=False,
+  "fwd_bwd" (the gradient in q, k, v of sum(out): 3.5x the forward's matmul FLOPs). Shared with gpu_suite."""
+  fwd = jax.jit(lambda q, k, v: dispatch.run(
+      impl, q, k, v, bias=None, mask=None, segment_ids=None, causal=causal, scale=None, causal_offset=0,
+      block_mask=block_mask))
+  out = [("fwd", fwd, 1.0)]
+  if backward:
+    out.append(("fwd_bwd", jax.jit(jax.grad(lambda q, k, v: fwd(q, k, v).astype(jnp.float32).sum(), (0, 1, 2))),
+                3.5))
+  return out
 
 
 def main(argv=None):
@@ -93,14 +110,7 @@ def main(argv=None):
           if why is not None:
             print(json.dumps(dict(row, skipped=why)), flush=True)
             continue
-          fwd = jax.jit(lambda q, k, v, impl=impl: dispatch.run(
-              impl, q, k, v, bias=None, mask=None, segment_ids=None, causal=causal, scale=None, causal_offset=0,
-              block_mask=block_mask))
-          passes = [("fwd", fwd, 1.0)]
-          if not args.no_backward:
-            passes.append(("fwd_bwd", jax.jit(jax.grad(lambda q, k, v, f=fwd: f(q, k, v).astype(jnp.float32).sum(),
-                                                       (0, 1, 2))), 3.5))
-          for name, fn, mult in passes:
+          for name, fn, mult in passes(impl, causal=causal, block_mask=block_mask, backward=not args.no_backward):
             try:
               t = _time(fn, q, k, v, repeats=args.repeats)
               work = flops(args.batch, args.heads, length, length, d, density=frac) * mult

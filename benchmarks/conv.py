@@ -33,6 +33,21 @@ def _time(fn, *args, repeats: int) -> float:
   return float(np.median(ts))
 
 
+def passes(impl: str, *, left: int) -> list:
+  """[(pass name, jitted fn(x, w), multiplier)]: "fwd" and "fwd_bwd" (gradients in x and w: 3x the forward's
+  FLOPs and minimum traffic). Shared with gpu_suite."""
+  fwd = jax.jit(lambda x, w: tc.temporal_conv(x, w, left=left, implementation=impl))
+  grad = jax.jit(jax.grad(lambda x, w: fwd(x, w).astype(jnp.float32).sum(), (0, 1)))
+  return [("fwd", fwd, 1), ("fwd_bwd", grad, 3)]
+
+
+def figures(batch: int, length: int, channels: int, kernel: int, itemsize: int, mult: int, sec: float) -> dict:
+  """ms, TFLOP/s (2·B·T·C·K per pass) and GB/s of the minimum traffic (read x, write y) for one timing."""
+  work = 2.0 * batch * length * channels * kernel * mult
+  traffic = 2.0 * batch * length * channels * itemsize * mult
+  return {"ms": round(sec * 1e3, 3), "tflops": round(work / sec / 1e12, 4), "gbps": round(traffic / sec / 1e9, 2)}
+
+
 def main(argv=None):
   cpu = jax.default_backend() == "cpu"
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,18 +72,13 @@ def main(argv=None):
       x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, t, c), jnp.float32).astype(dtype)
       w = (jax.random.normal(jax.random.PRNGKey(1), (k, c), jnp.float32) * 0.1).astype(dtype)
       for impl in args.impls.split(","):
-        fwd = jax.jit(lambda x, w, impl=impl: tc.temporal_conv(x, w, left=left, implementation=impl))
-        grad = jax.jit(jax.grad(lambda x, w, f=fwd: f(x, w).astype(jnp.float32).sum(), (0, 1)))
         row = dict(bench="temporal_conv", impl=impl, length=t, channels=c, kernel=k, padding=args.padding,
                    batch=args.batch, dtype=dtype.name, **info)
-        for name, fn, mult in (("fwd", fwd, 1), ("fwd_bwd", grad, 3)):
+        for name, fn, mult in passes(impl, left=left):
           try:
             sec = _time(fn, x, w, repeats=args.repeats)
-            work = 2.0 * args.batch * t * c * k * mult
-            traffic = 2.0 * args.batch * t * c * dtype.itemsize * mult
-            print(json.dumps(dict(row, **{"pass": name, "ms": round(sec * 1e3, 3),
-                                          "tflops": round(work / sec / 1e12, 4),
-                                          "gbps": round(traffic / sec / 1e9, 2)})), flush=True)
+            print(json.dumps(dict(row, **{"pass": name},
+                                  **figures(args.batch, t, c, k, dtype.itemsize, mult, sec))), flush=True)
           except Exception as e:  # noqa: BLE001 -- a failing config is a result, not a crash
             print(json.dumps(dict(row, **{"pass": name, "error": f"{type(e).__name__}: {str(e)[:300]}"})),
                   flush=True)
