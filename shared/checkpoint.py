@@ -35,6 +35,12 @@ class CheckpointMismatch(CheckpointError):
   """The checkpoint is intact but does not match the model (a config change): never a reason to fall back."""
 
 
+def check_complete(step_dir: str) -> None:
+  """CheckpointError naming the first required file a step lacks (before orbax is asked to read it)."""
+  if any(not os.path.exists(os.path.join(step_dir, f)) for f in REQUIRED_FILES):
+    raise CheckpointError(f"cannot restore checkpoint {step_dir}: {damage_of(step_dir)}")
+
+
 def damage_of(step_dir: str, error: BaseException | None = None) -> str:
   """Which file of a checkpoint step is missing or unreadable: a required file that is absent, else the file an
   orbax / tensorstore error names, else the error itself."""
@@ -119,9 +125,7 @@ class Checkpointer:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_state, shardings)
     where = os.path.join(self.directory, str(step))
-    missing = [f for f in REQUIRED_FILES if not os.path.exists(os.path.join(where, f))]
-    if missing:
-      raise CheckpointError(f"cannot restore checkpoint {where}: {damage_of(where)}")
+    check_complete(where)
     self.check_shapes(step, target, where)
     args = dict(state=self._ocp.args.StandardRestore(target))
     data = self._data_item(data_iter, save=False)
@@ -303,8 +307,7 @@ def restore(workdir: str, step: int | None = None, *, model_fn: Callable | None 
 def _restore_step(ckpt: Checkpointer, workdir: str, step: int, sharding):
   """-> (config dict, params, model_state, step) of one step; CheckpointError naming the damage."""
   where = os.path.join(ckpt.directory, str(step))
-  if any(not os.path.exists(os.path.join(where, f)) for f in REQUIRED_FILES):
-    raise CheckpointError(f"cannot restore checkpoint {where}: {damage_of(where)}")
+  check_complete(where)
   cfg_dict = ckpt.config(step)
   if cfg_dict is None:
     path = os.path.join(workdir, "config.json")

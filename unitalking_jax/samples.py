@@ -75,18 +75,20 @@ def scores(cfg, generate, params, n: int, *, seed: int = 0, tasks=("t2av", "ti2a
   batch = batch if batch is not None else eval_batch(cfg, n, split)
   refs = td.heldout_refs(cfg, n, split)
 
-  def ser(audio):   # clips too short to hold a whole syllable have no templates: no SER (said, not NaN)
-    try:
-      return syllable_scores(cfg, audio, refs)
-    except DataError as e:
-      log.warning("no syllable error rate: %s", e)
-      return {}
-
-  out = {"real": {**sync_of(cfg, batch["video"], batch["audio"]), **ser(batch["audio"])}}
+  out = {"real": {**sync_of(cfg, batch["video"], batch["audio"]), **_ser_or_empty(cfg, batch["audio"], refs)}}
   for t in tasks:
     v, a = generate(params, batch, t, seed=seed)
-    out[t] = {**sync_of(cfg, np.asarray(v), np.asarray(a)), **ser(a)}
+    out[t] = {**sync_of(cfg, np.asarray(v), np.asarray(a)), **_ser_or_empty(cfg, a, refs)}
   return out
+
+
+def _ser_or_empty(cfg, audio_lat, refs) -> dict:
+  """syllable_scores, or {} (with the reason logged) when the clips are too short to hold a whole syllable."""
+  try:
+    return syllable_scores(cfg, audio_lat, refs)
+  except DataError as e:
+    log.warning("no syllable error rate: %s", e)
+    return {}
 
 
 def make_sample_fn(cfg, task):
@@ -106,11 +108,8 @@ def make_sample_fn(cfg, task):
     refs = td.heldout_refs(cfg, n)
 
     def ser(audio):
-      try:
-        r = syllable_scores(cfg, audio, refs)
-      except DataError as e:  # clips too short to hold a whole syllable: no templates
-        return f"ser n/a ({e})"
-      return f"ser {r['ser']:.3f} (chance {r['ser_chance']:.3f})"
+      r = _ser_or_empty(cfg, audio, refs)
+      return f"ser {r['ser']:.3f} (chance {r['ser_chance']:.3f})" if r else "ser n/a (clips too short)"
 
     rows, lines = [], []   # sync.png rows (label, mouth opening, audio energy); sync.txt lines
 
