@@ -17,6 +17,8 @@ $(VENV)/.installed: setup.py
 	# torch first: the local CPU build, so nothing pulls CUDA wheels
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# FunASR: the SANM parity oracle; --no-deps: its modules build offline with torch, numpy and pyyaml
+	$(PY) -m pip install -q --no-deps funasr==1.4.16
 	touch $@
 
 train: venv

@@ -11,6 +11,7 @@ INSTALL = [
     "importlib_resources",          # tfds imports it without TensorFlow
     "transformers>=4.50",           # tokenizers and configs from local files; oracles in tests
     "tokenizers",
+    "pyyaml",                       # FunASR config.yaml (shared/weights/sanm_family)
     "safetensors",
     "librosa>=0.10",
     "soundfile",

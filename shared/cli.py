@@ -129,6 +129,9 @@ def _parse_flags(argv):
   return rest
 
 
+ARGV: list[str] = []   # set by run(): sys.argv less the flags
+
+
 def run(main: Callable[[], int | None]):
   """absl.app.run with user errors (StackError, flag errors) printed as one line with exit 2; --verbose adds
   the traceback. Unexpected exceptions keep their traceback and exit 1."""
@@ -138,7 +141,7 @@ def run(main: Callable[[], int | None]):
     FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
   def _main(argv):
-    del argv
+    ARGV[:] = list(argv)   # the program name, then positional arguments (e.g. infer's clip paths)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src", "grain"):
       logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -473,13 +473,17 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
   else:
     metrics.truncate_after(0)   # lines of a run killed before its first checkpoint describe lost steps
     state = setup.init_fn()
-    params = state.params
+    params, model_state = state.params, state.model_state
     if cfg.get("init"):   # pretrained weights into subtrees, from the config's named entries
-      from shared.weights.init import apply_init_entries
-      params, _ = apply_init_entries(cfg.init, params, workdir=workdir if lead else None)
+      from shared.weights.init import apply_init_entries   # every collection: BatchNorm statistics too
+      variables, _ = apply_init_entries(cfg.init, {"params": params, **model_state},
+                                        workdir=workdir if lead else None, variables=True)
+      params = variables["params"]
+      if any(variables[c] is not model_state[c] for c in model_state):
+        model_state = type(model_state)({c: variables[c] for c in model_state})
     if task.post_init is not None:
       params = task.post_init(params)
-    state = state.replace(params=params)
+    state = state.replace(params=params, model_state=model_state)
   if lead:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(cfg_json)

@@ -42,7 +42,8 @@ def host_shard() -> tuple[int, int]:
 def make_dataset(source, batch_fn: Callable[[Sequence[Sample]], Any] | None = None, *,
                  batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
                  drop_remainder: bool = True, map_fn: Callable[[Sample], Sample] | None = None,
-                 shard: tuple[int, int] | None = None, num_threads: int = 4,
+                 random_map_fn: Callable[[Sample, np.random.Generator], Sample] | None = None,
+                 skip_none: bool = False, shard: tuple[int, int] | None = None, num_threads: int = 4,
                  prefetch: int = 16, workers: int = 0) -> grain.IterDataset:
   """The grain dataset behind `make_iterator` (see module docstring).
 
@@ -51,6 +52,11 @@ def make_dataset(source, batch_fn: Callable[[Sequence[Sample]], Any] | None = No
     batch_fn: list of samples -> batch (default: `collate` with its defaults).
     batch_size: per-host batch size.
     num_epochs: None = repeat forever.
+    map_fn: sample -> example. random_map_fn: (sample, rng) -> example, for augmentation: grain seeds
+      the np.random.Generator from (seed, position in the repeated stream), so every epoch draws anew
+      and a resumed iterator draws the same as an uninterrupted one. Both given: map_fn runs first.
+    skip_none: drop samples that are None (a reader with skip=True returns None for a bad clip; a
+      map may return None to drop one) before batching, so batches stay full.
     shard: (index, count) of this host; default from `jax.process_index/process_count`.
     num_threads / prefetch: grain read threads and prefetch buffer (samples).
     workers: > 0 adds `mp_prefetch` with this many processes (generation is CPU-bound and threads
@@ -73,9 +79,16 @@ def make_dataset(source, batch_fn: Callable[[Sequence[Sample]], Any] | None = No
     ds = ds.repeat(num_epochs)
   if map_fn is not None:
     ds = ds.map(map_fn)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batch_fn or collate)
+  if random_map_fn is not None:
+    ds = ds.random_map(random_map_fn)
   opts = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-  out = ds.to_iter_dataset(opts)
+  if skip_none:   # filtered elements are skipped when the map dataset becomes an iter dataset
+    ds = ds.filter(lambda x: x is not None)
+    out = ds.to_iter_dataset(opts).batch(batch_size, drop_remainder=drop_remainder,
+                                         batch_fn=batch_fn or collate)
+  else:
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batch_fn or collate)
+    out = ds.to_iter_dataset(opts)
   if workers > 0:
     out = out.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return out

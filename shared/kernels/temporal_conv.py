@@ -42,6 +42,19 @@ def reference(x, w, *, left: int, residual: bool = True):
   return y.astype(x.dtype)
 
 
+def shifted_sum(x, w, *, left: int, residual: bool = True):
+  """The same op as K shifted, per-channel-scaled copies of x summed in float32 (XLA elementwise ops; no
+  convolution). XLA:CPU runs a grouped convolution inside a scanned layer stack ~10x slower than this."""
+  k, _ = w.shape
+  t = x.shape[1]
+  xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (left, k - 1 - left), (0, 0)))
+  wf = w.astype(jnp.float32)
+  y = x.astype(jnp.float32) if residual else jnp.zeros(x.shape, jnp.float32)
+  for j in range(k):   # K is a static kernel size (11 / 21): unrolled taps, not a loop over time
+    y = y + xp[:, j:j + t] * wf[j]
+  return y.astype(x.dtype)
+
+
 def _next_pow2(n: int) -> int:
   return 1 << max(0, (n - 1).bit_length())
 
@@ -143,7 +156,8 @@ def temporal_conv(x, w, *, left: int, residual: bool = True, implementation: str
                   block_sizes: tuple[int, int] | None = None, interpret: bool | None = None):
   """x [B, T, C], w [K, C] -> [B, T, C] in x.dtype: x·residual + depthwise conv (padding left, K-1-left).
 
-  implementation: "pallas", "xla" (conv_general_dilated; cuDNN on GPU) or "auto" (= "xla" for now:
+  implementation: "pallas", "xla" (conv_general_dilated; cuDNN on GPU), "shifted" (K shifted copies summed:
+  what "auto" takes on CPU, where XLA's grouped convolution in a scanned stack is slow) or "auto" (= "xla" off CPU:
   the Pallas kernel is verified in interpret mode and lowered to Triton, but has not been compiled or
   timed on a GPU; "auto" should switch to it only once benchmarks/conv.py shows it winning there).
   block_sizes: (time, channel) tile, powers of two.
@@ -154,9 +168,11 @@ def temporal_conv(x, w, *, left: int, residual: bool = True, implementation: str
   if not 0 <= left <= k - 1:
     raise ValueError(f"left padding {left} must lie in [0, K-1={k - 1}]")
   if implementation == "auto":
-    implementation = "xla"
+    implementation = "shifted" if jax.default_backend() == "cpu" else "xla"
   if implementation == "xla":
     return reference(x, w, left=left, residual=residual)
+  if implementation == "shifted":
+    return shifted_sum(x, w, left=left, residual=residual)
   if implementation != "pallas":
-    raise ValueError(f"unknown temporal_conv implementation {implementation!r}; expected auto, pallas, xla")
+    raise ValueError(f"unknown temporal_conv implementation {implementation!r}; expected auto, pallas, xla, shifted")
   return _temporal_conv(x, w, left, residual, tuple(block_sizes) if block_sizes else None, interpret)

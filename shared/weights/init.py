@@ -3,6 +3,7 @@
   params, report = load_into(params, "ckpt_dir", prefix="encoder")             # a family's tree -> params["encoder"]
   params, report = load_into(params, "wan/transformer", rename=[("blocks", "blocks/video"), ...])
   params, reports = apply_init_entries(cfg.init, params, workdir=workdir)    # every named config entry
+  variables, report = load_into({"params": params, **model_state}, "resnet_dir", prefix="frontend")  # + batch_stats
   config.init = ml_collections.ConfigDict({"video": init_entry(prefix="", rename=...)})   # in a config file
   # then:  --config.init.video.path=DIR   (an empty path skips the entry)
 
@@ -25,6 +26,18 @@ Mapping: the checkpoint is read into the family's own Flax tree (our naming, thr
 table). `rename` pairs (subpath in the family tree, subpath under `prefix` in ours), '/'-joined, move
 subtrees or single leaves; the longest matching pair wins; without pairs the family tree maps onto
 `prefix` as is. The target scope is the subtree at `prefix` (no rename) or at prefix + each rename target.
+
+Collections: load_into takes (and gives back) either a params tree or a system's variables
+{"params": params, **model_state} (variables=None detects which: a mapping holding a "params" mapping). A
+family with collections beyond params (Family.collections, e.g. ("params", "batch_stats") for the BatchNorm
+ResNet front ends) is read through shared.weights.family_table (rows keyed by variables path, constant rows
+such as num_batches_tracked accepted and not read) and fills every collection it has:
+(collection, *family path) -> (collection, *prefix, *path), rename applied inside each collection; the
+target scope is prefix (+ rename targets) in each of those collections. Report paths name the collection
+when it is not params ("batch_stats/frontend/bn3d/mean"); a params-only family touches the params
+collection only, as before. Given the params tree alone, a stateful family's other-collection tensors are
+unexpected (their key; the note says to pass the variables). The trainer passes the variables on a fresh
+start, so config entries load running statistics into TrainState.model_state.
 
 Report (InitReport), per key:
   loaded      our '/'-joined path: the checkpoint value is now there.
@@ -64,11 +77,12 @@ from flax import traverse_util
 from flax.core import FrozenDict, freeze
 
 from shared.errors import CheckpointError, ConfigError
-from shared.weights import Family, abstract_params, families, family_for_config, io, table
+from shared.weights import Family, families, family_for_config, family_table, io, table
 
 log = logging.getLogger(__name__)
 
 OURS = "params"                              # family name: keys already in our naming, no name table
+PARAMS = "params"                            # the params collection (report paths in it carry no collection)
 KEY_PREFIXES = ("model.diffusion_model.",)   # wrapper prefixes stripped from checkpoint keys (ComfyUI Wan)
 ENTRY_KEYS = ("path", "prefix", "family", "rename", "allow_missing", "strict")
 REPORT_NAME = "init_report.json"
@@ -228,10 +242,19 @@ def _config_path(directory: str, fam: Family | None) -> str | None:
 @dataclasses.dataclass
 class _Source:
   family: str
-  rows: list
-  expected: dict            # {family path tuple: shape}
-  ignore: tuple
+  rows: list                # the name table's leaf rows, keyed like `expected`
+  expected: dict            # {family path tuple: shape}; variables paths ("batch_stats", ...) when stateful
+  ignore: tuple             # regexes of keys accepted and not read (the family's ignore + its constant rows)
   reader: Any
+  collections: tuple = (PARAMS,)   # the variables collections the family's checkpoints hold
+
+  @property
+  def stateful(self) -> bool:
+    return tuple(self.collections) != (PARAMS,)
+
+  def split(self, fp: tuple) -> tuple[str, tuple]:
+    """A family path -> (its collection, its path inside that collection)."""
+    return (fp[0], fp[1:]) if self.stateful else (PARAMS, fp)
 
 
 def _open(path: str, family: str | None) -> _Source:
@@ -262,13 +285,12 @@ def _open(path: str, family: str | None) -> _Source:
   cfg = io.read_json(cfg_path)
   fam = fam or _detect(cfg, cfg_path)
   module = fam.from_config(cfg)
-  expected = abstract_params(module, fam)
-  rows = list(fam.rows(module))
+  rows, expected, ignore = family_table(module, fam)   # variables paths + constant rows ignored when stateful
   table.check_coverage(rows, expected)
   reader = (io.SafetensorsReader(path) if is_file else
             io.SafetensorsReader(path, index_name=f"{fam.weights_name}.safetensors.index.json",
                                  single_name=f"{fam.weights_name}.safetensors"))
-  return _Source(fam.name, rows, expected, tuple(fam.ignore(module)), _strip_wrappers(reader))
+  return _Source(fam.name, list(rows), expected, tuple(ignore), _strip_wrappers(reader), tuple(fam.collections))
 
 
 def _ours(reader) -> _Source:
@@ -319,34 +341,61 @@ def _place(arr: np.ndarray, old):
   return arr
 
 
+def _name(p: tuple) -> str:
+  """Our '/'-joined report path of a (collection, *path) key: the collection is named unless it is params."""
+  return "/".join(p[1:] if p[0] == PARAMS else p)
+
+
 def _check_concrete(values: dict, paths, source: str):
   for p in paths:
     v = values[p]
     if _is_tracer(v):
-      raise CheckpointError(f"load_into {source}: leaf {'/'.join(p)} is a tracer; call it on concrete params "
+      raise CheckpointError(f"load_into {source}: leaf {_name(p)} is a tracer; call it on concrete params "
                             "(after the jitted init), never under jit")
     if not isinstance(v, (jax.Array, np.ndarray, np.generic)):
-      raise CheckpointError(f"load_into {source}: leaf {'/'.join(p)} is a {type(v).__name__}, not an array "
+      raise CheckpointError(f"load_into {source}: leaf {_name(p)} is a {type(v).__name__}, not an array "
                             "(pass concrete params, not ShapeDtypeStructs)")
+
+
+def _is_mapping(x) -> bool:
+  return isinstance(x, Mapping)   # dict, FrozenDict
+
+
+def is_variables(tree) -> bool:
+  """True when `tree` looks like a variables dict {"params": ..., <other collections>...} rather than a params
+  tree: a mapping with a "params" entry that is itself a mapping (load_into's `variables=None`)."""
+  return _is_mapping(tree) and PARAMS in tree and _is_mapping(tree[PARAMS])
 
 
 # ---- entry points ----
 
 def load_into(params, path: str, *, prefix: str = "", family: str | None = None, rename=(),
-              allow_missing: bool = False, strict: bool = True, source_name: str = ""):
-  """-> (params with the checkpoint's values under `prefix`, InitReport). See the module docstring.
+              allow_missing: bool = False, strict: bool = True, source_name: str = "",
+              variables: bool | None = None):
+  """-> (the tree with the checkpoint's values under `prefix`, InitReport). See the module docstring.
 
-  params: a system's plain or boxed "params" tree (jax Arrays or numpy leaves; concrete, never under jit).
+  params: a system's plain or boxed "params" tree, or its variables {"params": params, **model_state}
+  (e.g. {"params": ..., "batch_stats": ...}); jax Arrays or numpy leaves; concrete, never under jit. The same
+  kind of tree comes back. A family with collections beyond params (BatchNorm: Family.collections) fills every
+  collection it has: (collection, *path) -> (collection, *prefix, *path) (rename inside each collection); given
+  the params tree alone, its other collections' tensors are unexpected. variables: None = detect (a mapping
+  with a "params" mapping in it is a variables dict), True / False = force.
   path: a checkpoint directory or .safetensors file; family: force a family (None / "": from the config).
   rename: (family subpath, our subpath under prefix) pairs. strict / allow_missing: what raises
   CheckpointError (then nothing is read or changed). source_name: the config entry's name, for the report."""
   path = os.fspath(path)
   rename = parse_rename(rename)
+  is_vars = is_variables(params) if variables is None else bool(variables)
+  if is_vars and not is_variables(params):
+    raise ConfigError(f"load_into {path}: variables=True but the tree is not a variables dict with a "
+                      f"{PARAMS!r} collection (top level: {sorted(params) if _is_mapping(params) else type(params)})")
+  colls = dict(params.items()) if is_vars else {PARAMS: params}
   src = _open(path, family or None)
   pre = _parts(prefix)
   pairs = sorted(((_parts(a), _parts(b)) for a, b in rename), key=lambda ab: -len(ab[0]))
 
-  flat = traverse_util.flatten_dict(params)
+  flat = {(c,) + k: v for c, sub in colls.items() if _is_mapping(sub)
+          for k, v in traverse_util.flatten_dict(sub).items()}
   boxes = {k: v for k, v in flat.items() if isinstance(v, nn.meta.AxisMetadata)}
   values = {k: (v.unbox() if k in boxes else v) for k, v in flat.items()}
   shapes = {k: tuple(np.shape(v)) for k, v in values.items()}
@@ -355,13 +404,14 @@ def load_into(params, path: str, *, prefix: str = "", family: str | None = None,
     return p[:len(root)] == root
 
   scopes = [pre + dst for _, dst in pairs] if pairs else [pre]
+  ours_params = [k[1:] for k in values if k[0] == PARAMS]
   for root in scopes:  # a prefix / rename target that names nothing in params is a typo, not a load
-    if not any(under(k, root) for k in values):
-      tops = sorted({"/".join(k[:len(root)]) for k in values if k[:len(root) - 1] == root[:-1]})[:20]
+    if not any(under(k, root) for k in ours_params):
+      tops = sorted({"/".join(k[:len(root)]) for k in ours_params if k[:len(root) - 1] == root[:-1]})[:20]
       raise ConfigError(f"load_into {path}: {'/'.join(root)!r} (prefix {prefix!r}"
                         f"{' + rename target' if pairs else ''}) is not a subtree of the params; "
                         f"there: {tops}")
-  fam_paths = [r.path for r in src.rows]
+  fam_paths = [src.split(r.path)[1] for r in src.rows]
   for a, _ in pairs:
     if not any(under(fp, a) for fp in fam_paths):
       tops = sorted({fp[0] for fp in fam_paths})
@@ -369,11 +419,13 @@ def load_into(params, path: str, *, prefix: str = "", family: str | None = None,
                         f"family's tree (its top level: {tops})")
 
   def target(fp: tuple) -> tuple | None:
+    """A family path -> (collection, *our path), or None when no rename pair covers it."""
+    coll, sub = src.split(fp)
     if not pairs:
-      return pre + fp
+      return (coll,) + pre + sub
     for a, b in pairs:
-      if under(fp, a):
-        return pre + b + fp[len(a):]
+      if under(sub, a):
+        return (coll,) + pre + b + sub[len(a):]
     return None
 
   found = table.match_tensors(src.rows, src.reader, src.expected, src.ignore)
@@ -392,14 +444,19 @@ def load_into(params, path: str, *, prefix: str = "", family: str | None = None,
     theirs = row.theirs + (f" ({row.count} layers)" if row.stacked else "")
     if tgt is None or tgt not in values:
       if any(k in present for k in row.their_keys()):
-        why = ("no rename pair covers family path " + "/".join(fp) if tgt is None else
-               f"-> {'/'.join(tgt)}: not a leaf of the params")
+        if tgt is None:
+          why = "no rename pair covers family path " + "/".join(src.split(fp)[1])
+        elif tgt[0] not in colls:
+          why = (f"-> {_name(tgt)}: the tree has no {tgt[0]} collection (pass the variables "
+                 f"{{'params': ..., '{tgt[0]}': ...}})")
+        else:
+          why = f"-> {_name(tgt)}: not a leaf of the " + ("params" if tgt[0] == PARAMS else f"{tgt[0]} collection")
         report.unexpected.append(KeyStatus(theirs, "unexpected", tuple(src.expected[fp]), None, why))
       continue
     if tgt in claimed:
-      raise ConfigError(f"load_into {path}: rename maps both {claimed[tgt]} and {row.ours} onto {'/'.join(tgt)}")
+      raise ConfigError(f"load_into {path}: rename maps both {claimed[tgt]} and {row.ours} onto {_name(tgt)}")
     claimed[tgt] = row.ours
-    ours = "/".join(tgt)
+    ours = _name(tgt)
     if tuple(src.expected[fp]) != shapes[tgt]:
       report.mis_shaped.append(KeyStatus(ours, "mis-shaped", tuple(src.expected[fp]), shapes[tgt],
                                          f"from {theirs} (shape per the checkpoint's config)"))
@@ -419,9 +476,11 @@ def load_into(params, path: str, *, prefix: str = "", family: str | None = None,
   for k in found.unexpected:
     report.unexpected.append(KeyStatus(k, "unexpected", tuple(src.reader.shape(k)), None,
                                        f"no row of the {src.family} name table reads it (file shape)"))
+  # the target scope: prefix (+ rename targets) inside every collection the family fills
+  full_scopes = [(c,) + root for c in src.collections for root in scopes]
   for k in sorted(values):
-    if k not in claimed and any(under(k, root) for root in scopes):
-      report.missing.append(KeyStatus("/".join(k), "missing", None, shapes[k],
+    if k not in claimed and any(under(k, root) for root in full_scopes):
+      report.missing.append(KeyStatus(_name(k), "missing", None, shapes[k],
                                       f"the {src.family} checkpoint has no parameter for it"))
 
   fatal = [s for s, items, ok in (("missing", report.missing, allow_missing or not strict),
@@ -442,10 +501,18 @@ def load_into(params, path: str, *, prefix: str = "", family: str | None = None,
     leaf = _place(arr, old)
     del arr
     new[tgt] = boxes[tgt].replace_boxed(leaf) if tgt in boxes else leaf
-    report.loaded.append("/".join(tgt))
+    report.loaded.append(_name(tgt))
   report.loaded.sort()
-  out = traverse_util.unflatten_dict(new)
   log.info("%s", report.table())
+
+  def rebuilt(c: str, sub):
+    tree = traverse_util.unflatten_dict({k[1:]: v for k, v in new.items() if k[0] == c})
+    return freeze(tree) if isinstance(sub, FrozenDict) else tree
+
+  if not is_vars:
+    return rebuilt(PARAMS, params), report
+  touched = {tgt[0] for _, tgt in plan}
+  out = {c: (rebuilt(c, sub) if c in touched else sub) for c, sub in colls.items()}  # untouched: same objects
   return (freeze(out) if isinstance(params, FrozenDict) else out), report
 
 
@@ -495,14 +562,18 @@ def check_init_entries(entries, config_key: str = "init") -> list[tuple[str, dic
   return todo
 
 
-def apply_init_entries(entries, params, *, workdir: str | None = None, config_key: str = "init"):
+def apply_init_entries(entries, params, *, workdir: str | None = None, config_key: str = "init",
+                       variables: bool | None = None):
   """Applies named entries {name: {path, prefix, family, rename, allow_missing[, strict]}} in order of name
-  -> (params, {name: InitReport}). Entries with an empty path are skipped (and not reported). With `workdir`,
-  writes workdir/init_report.json = {name: report.to_json()} (process 0). config_key: where the entries
-  live in the config, for error messages. Concrete params only, never under jit."""
+  -> (the same kind of tree, {name: InitReport}). `params`: the system's params tree, or its variables
+  {"params": params, **model_state} (what the trainer passes: a family with BatchNorm statistics then fills
+  batch_stats too); `variables` forces which (None: detect, see load_into). Entries with an empty path are
+  skipped (and not reported; no entry: the very same tree comes back). With `workdir`, writes
+  workdir/init_report.json = {name: report.to_json()} (process 0). config_key: where the entries live in the
+  config, for error messages. Concrete params only, never under jit."""
   reports: dict[str, InitReport] = {}
   for name, e in check_init_entries(entries, config_key):
-    params, reports[name] = load_into(params, e.pop("path"), source_name=name, **e)
+    params, reports[name] = load_into(params, e.pop("path"), source_name=name, variables=variables, **e)
   if workdir is not None and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     io.write_json(os.path.join(workdir, REPORT_NAME), {n: r.to_json() for n, r in reports.items()})

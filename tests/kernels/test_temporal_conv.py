@@ -27,18 +27,19 @@ def test_matches_conv_general_dilated(name, b, t, c, k, left, residual, dtype):
   @jax.jit
   def both(x, w):
     res = []
-    for impl in ("pallas", "xla"):
-      up = (lambda a: a) if impl == "pallas" else (lambda a: a.astype(jnp.float32))
+    for impl in ("pallas", "shifted", "xla"):
+      up = (lambda a: a) if impl in ("pallas", "shifted") else (lambda a: a.astype(jnp.float32))
       fn = lambda x, w: tc.temporal_conv(up(x), up(w), left=left, residual=residual, implementation=impl,
                                          block_sizes=(16, 16))
       y, vjp = jax.vjp(fn, x, w)
       res.append((y,) + vjp(ct.astype(y.dtype)))
     return res
 
-  ours, ref = both(x, w)
+  pallas, shifted, ref = both(x, w)
   tol = 1e-5 if dtype == jnp.float32 else 2e-2
-  assert ours[0].dtype == dtype and ours[0].shape == x.shape
-  for got, want, what in zip(ours, ref, ("y", "dx", "dw")):
+  for ours in (pallas, shifted):
+    assert ours[0].dtype == dtype and ours[0].shape == x.shape
+  for got, want, what in [*zip(pallas, ref, ("y", "dx", "dw")), *zip(shifted, ref, ("shifted y", "dx", "dw"))]:
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
     scale = max(1.0, float(np.abs(want).max()))
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=f"{name}: {what}")

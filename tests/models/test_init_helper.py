@@ -1,5 +1,6 @@
 """shared.weights.init: a family checkpoint into a prefix / renamed subtrees of a bigger tree, with a per-key report
-(loaded / missing / unexpected / mis-shaped); strict, allow_missing and strict=False; config entries."""
+(loaded / missing / unexpected / mis-shaped); strict, allow_missing and strict=False; config entries; a stateful
+family (conv3d_resnet: params + batch_stats) into a system's variables, directly and through the trainer."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,11 @@ import pytest
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from shared import mesh as mesh_lib
+from shared import train as train_lib
 from shared.errors import CheckpointError, ConfigError
 from shared.models.llm import LLM, LLMConfig
+from shared.nn.resnet import Conv3dResNet, ResNetConfig
 from shared.models.wan_dit import WanDiT, WanDiTConfig
 from shared.weights import io, load_pretrained, save_pretrained
 from shared.weights import wan_dit_family as wan_fam
@@ -275,3 +279,190 @@ def test_apply_init_entries_and_single_files(llm, tmp_path):
     apply_init_entries(init, params)
   with pytest.raises(ConfigError, match=r"init\.x has unknown keys \['pth'\]"):
     apply_init_entries({"x": {"pth": d}}, params)
+
+
+# ---- a stateful family (params + batch_stats) into a system's variables ----
+
+RES = ResNetConfig(block="basic", layers=(1, 1, 1, 1), act="swish", width=4)
+
+
+class _LipSystem(nn.Module):
+  """A ResNet front end at `frontend`, a BatchNorm `neck` (batch_stats outside the prefix) and a Dense `head`."""
+
+  @nn.compact
+  def __call__(self, lips, train: bool = False):
+    f = Conv3dResNet(RES, name="frontend")(lips, train)
+    f = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="neck")(f)
+    return nn.Dense(3, name="head")(f)
+
+
+_LIP = {}
+
+
+def _lip_abstract():
+  """The system's variables as ShapeDtypeStructs (eval_shape: traced once, never compiled), unboxed."""
+  if "v" not in _LIP:
+    _LIP["v"] = nn.meta.unbox(jax.eval_shape(
+        lambda: _LipSystem().init(jax.random.key(0), jnp.zeros((1, 5, 32, 32), jnp.float32), False)))
+  return _LIP["v"]
+
+
+def _filled(tree, seed: int):
+  """numpy leaves of tree's shapes: random, positive (running variances stay valid), seed-dependent."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: (0.1 + rng.random(s.shape)).astype(s.dtype), tree)
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory):
+  """A width-4 conv3d_resnet directory (save_pretrained) with random params and batch_stats, and those values."""
+  a = _lip_abstract()
+  ckpt = _filled({"params": a["params"]["frontend"], "batch_stats": a["batch_stats"]["frontend"]}, 11)
+  d = str(tmp_path_factory.mktemp("resnet"))
+  save_pretrained(Conv3dResNet(RES), ckpt, d)
+  assert io.read_json(os.path.join(d, "config.json"))["model_type"] == "conv3d_resnet"
+  return d, ckpt
+
+
+def _lip_variables(seed: int = 3):
+  """The system's variables (jax Arrays, other values than the checkpoint's); one param and one statistic of the
+  front end sharded over the devices."""
+  v = jax.tree.map(jnp.asarray, _filled(_lip_abstract(), seed))
+  mesh = Mesh(np.array(jax.devices()[:4]), ("x",))
+  k = v["params"]["frontend"]["conv3d"]["kernel"]   # [5, 7, 7, 1, 4]
+  v["params"]["frontend"]["conv3d"]["kernel"] = jax.device_put(k, NamedSharding(mesh, P(None, None, None, None, "x")))
+  m = v["batch_stats"]["frontend"]["trunk"]["layer4_0"]["bn2"]["mean"]   # [32]
+  v["batch_stats"]["frontend"]["trunk"]["layer4_0"]["bn2"]["mean"] = jax.device_put(m, NamedSharding(mesh, P("x")))
+  return v
+
+
+def _want_loaded(ckpt) -> set[str]:
+  return ({"frontend/" + k for k in _flat(ckpt["params"])} |
+          {"batch_stats/frontend/" + k for k in _flat(ckpt["batch_stats"])})
+
+
+def _assert_frontend_is(got_vars, ckpt):
+  for coll in ("params", "batch_stats"):
+    g = _flat(got_vars[coll]["frontend"])
+    assert set(g) == set(_flat(ckpt[coll])), coll
+    for k, want in _flat(ckpt[coll]).items():
+      assert g[k].dtype == want.dtype, (coll, k)
+      np.testing.assert_array_equal(np.asarray(g[k]), want, err_msg=f"{coll}/frontend/{k}")
+
+
+def test_stateful_family_into_variables(resnet):
+  """params AND batch_stats land bit-exactly under frontend/ (dtype, sharding kept); the rest is untouched."""
+  d, ckpt = resnet
+  v = _lip_variables()
+  before = {c: _flat(v[c]) for c in v}
+  new, report = load_into(v, d, prefix="frontend")
+  assert set(new) == set(v) and report.ok and report.family == "conv3d_resnet"
+  want = _want_loaded(ckpt)
+  n_stats = len(_flat(ckpt["batch_stats"]))
+  assert n_stats > 0 and set(report.loaded) == want
+  assert report.counts() == {"loaded": len(want), "missing": 0, "unexpected": 0, "mis-shaped": 0}
+  assert "batch_stats/frontend/bn3d/mean" in report.loaded and "frontend/bn3d/scale" in report.loaded
+  _assert_frontend_is(new, ckpt)
+  for c in v:
+    after = _flat(new[c])
+    for k, old in before[c].items():
+      if k.startswith("frontend/"):
+        assert after[k].sharding == old.sharding and not np.array_equal(np.asarray(old), np.asarray(after[k])), k
+      else:   # head, neck params and the neck's running statistics: the very same objects
+        assert after[k] is old, (c, k)
+  assert not new["params"]["frontend"]["conv3d"]["kernel"].sharding.is_fully_replicated
+  assert not new["batch_stats"]["frontend"]["trunk"]["layer4_0"]["bn2"]["mean"].sharding.is_fully_replicated
+  assert all(_flat(v[c])[k] is before[c][k] for c in v for k in before[c])   # the input is unchanged
+  assert f"{len(want)} loaded" in report.table() and "batch_stats/frontend" in report.table()
+
+  # the params tree alone: the statistics have nowhere to go (unexpected, their keys, the note says why)
+  with pytest.raises(CheckpointError, match=r"unexpected\s+frontend3D\.1\.running_mean .*no batch_stats collection"):
+    load_into(v["params"], d, prefix="frontend")
+  got, rep = load_into(v["params"], d, prefix="frontend", strict=False)
+  assert set(rep.loaded) == {k for k in want if not k.startswith("batch_stats/")}
+  assert len(rep.unexpected) == n_stats and not rep.missing and not rep.mis_shaped
+  np.testing.assert_array_equal(np.asarray(got["frontend"]["bn3d"]["scale"]), ckpt["params"]["bn3d"]["scale"])
+
+
+def test_stateful_family_mis_shaped_and_missing_statistics(resnet, tmp_path):
+  d, ckpt = resnet
+  v = _lip_variables()
+  # ours mis-shaped: our running mean has 5 channels, the checkpoint's config says 4
+  v["batch_stats"]["frontend"]["bn3d"]["mean"] = jnp.zeros(5, jnp.float32)
+  with pytest.raises(CheckpointError, match=r"mis-shaped\s+batch_stats/frontend/bn3d/mean\s+\(4,\)\s+\(5,\)"):
+    load_into(v, d, prefix="frontend")
+  new, report = load_into(v, d, prefix="frontend", strict=False)
+  assert [m.key for m in report.mis_shaped] == ["batch_stats/frontend/bn3d/mean"]
+  assert report.mis_shaped[0].checkpoint_shape == (4,) and report.mis_shaped[0].model_shape == (5,)
+  assert report.counts() == {"loaded": len(_want_loaded(ckpt)) - 1, "missing": 0, "unexpected": 0, "mis-shaped": 1}
+  assert new["batch_stats"]["frontend"]["bn3d"]["mean"] is v["batch_stats"]["frontend"]["bn3d"]["mean"]
+  np.testing.assert_array_equal(np.asarray(new["batch_stats"]["frontend"]["bn3d"]["var"]), ckpt["batch_stats"]["bn3d"]["var"])
+
+  # the file mis-shaped / lacking statistics (their keys; our path in the note); num_batches_tracked may be absent
+  def edit(t):
+    t["frontend3D.1.running_var"] = np.ones(3, np.float32)
+    del t["trunk.layer1.0.bn1.running_mean"]
+    del t["trunk.layer1.0.bn1.num_batches_tracked"]
+  path = _rewrite(d, tmp_path / "edited", edit)
+  new, report = load_into(_lip_variables(), path, prefix="frontend", strict=False)
+  assert [(m.key, m.checkpoint_shape, m.model_shape) for m in report.mis_shaped] == [
+      ("frontend3D.1.running_var", (3,), (4,))]
+  assert "-> batch_stats/frontend/bn3d/var" in report.mis_shaped[0].note
+  assert [m.key for m in report.missing] == ["trunk.layer1.0.bn1.running_mean"]
+  assert "-> batch_stats/frontend/trunk/layer1_0/bn1/mean" in report.missing[0].note
+  assert not report.unexpected and len(report.loaded) == len(_want_loaded(ckpt)) - 2
+  with pytest.raises(CheckpointError, match=r"mis-shaped\s+frontend3D\.1\.running_var"):
+    load_into(_lip_variables(), path, prefix="frontend", allow_missing=True)
+
+
+def test_params_family_into_variables_touches_params_only(llm):
+  """A params-only family given a variables dict: the same report as with the params alone; other collections are
+  neither in its scope nor touched."""
+  d, _ = llm
+  params = nn.meta.unbox(_system())
+  stats = {"encoder": {"bn": {"mean": jnp.zeros(3)}}}
+  new, report = load_into({"params": params, "batch_stats": stats}, d, prefix="encoder")
+  ref, ref_report = load_into(params, d, prefix="encoder")
+  assert report.loaded == ref_report.loaded and report.ok and new["batch_stats"] is stats
+  for k, v in _flat(ref).items():
+    np.testing.assert_array_equal(np.asarray(_flat(new["params"])[k]), np.asarray(v), err_msg=k)
+  with pytest.raises(ConfigError, match="variables=True"):
+    load_into(params, d, prefix="encoder", variables=True)
+
+
+def test_trainer_fresh_start_loads_batch_stats(resnet, tmp_path):
+  """An `init` entry through the trainer's fresh start (Task.mutable=("batch_stats",)): the front end's params and
+  running statistics are the checkpoint's after the init (frozen front end, statistics passed through one step);
+  DIR/init_report.json counts both collections."""
+  from tests.shared import contract_tasks as ct
+  d, ckpt = resnet
+  cfg = ct.config(batch_size=2, total_steps=1)
+  cfg.init = ml_collections.ConfigDict({"frontend": init_entry(path=d, prefix="frontend")})
+  abstract = _lip_abstract()
+
+  def loss_fn(params, batch, rng, model_state):   # the head only: no ResNet to compile
+    del rng
+    y = batch["x"] @ params["head"]["kernel"] + params["head"]["bias"]
+    return jnp.sum(y ** 2), {"weight": jnp.float32(batch["x"].shape[0])}, model_state
+
+  def make(rng, b):
+    return {"x": rng.normal(size=(b, 8 * RES.width)).astype(np.float32)}
+
+  task = train_lib.Task(
+      init_params=lambda r, b: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract),  # no ResNet init
+      loss_fn=loss_fn, make_train_iter=lambda: ct._Iter(make, 2), trainable=lambda k: k.startswith("head/"),
+      mutable=("batch_stats",))
+  mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, sequence=1)),
+                            devices=jax.devices()[:1])
+  workdir = str(tmp_path / "work")
+  result = train_lib.train(cfg, task, workdir, mesh=mesh)
+  state = jax.device_get(result.state)
+  assert result.resumed_from is None and result.step == 1
+  _assert_frontend_is({"params": state.params, **state.model_state}, ckpt)
+  assert set(state.model_state) == {"batch_stats"}
+  for k, x in _flat(state.model_state["batch_stats"]["neck"]).items():   # outside the prefix: still the init
+    assert np.all(np.asarray(x) == 0), k
+  saved = json.load(open(os.path.join(workdir, "init_report.json")))
+  n = len(_want_loaded(ckpt))
+  assert saved["frontend"]["counts"] == {"loaded": n, "missing": 0, "unexpected": 0, "mis-shaped": 0}
+  assert saved["frontend"]["family"] == "conv3d_resnet" and set(saved["frontend"]["loaded"]) == _want_loaded(ckpt)
