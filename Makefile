@@ -5,6 +5,7 @@ WORKDIR ?= workdirs/main
 TRAIN_CONFIG ?= configs/unitalking/tiny.py
 TRAIN_MODULE ?= unitalking_jax.train
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2   # pytest-xdist processes (compiles are single-threaded: 2 workers on 2 cores ~halve the time)
 TRAIN_ARGS ?=
 
 .PHONY: venv train test bench clean
@@ -25,7 +26,7 @@ train: venv
 	$(PY) -m $(TRAIN_MODULE) --config $(TRAIN_CONFIG) --workdir $(WORKDIR) $(TRAIN_ARGS)
 
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 bench: venv
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done

@@ -199,3 +199,20 @@ def write_eval(workdir: str, step: int, metrics: dict, **context) -> str:
     f.write(line + "\n")
   print(line, flush=True)
   return path
+
+
+def train_main(make_task: Callable, hooks: Callable | None = None):
+  """The body of every `python -m <system>.train`: config (+ --resume_step), jax.distributed, the system's Task
+  (hooks(cfg, task) may attach eval/sample hooks), shared.train; prints how it ended. Returns the result."""
+  import jax
+
+  from shared import train as train_lib
+  cfg = train_config()
+  start_distributed()
+  task = make_task(cfg)
+  if hooks is not None:
+    hooks(cfg, task)
+  result = train_lib.train(cfg, task, FLAGS.workdir)
+  if jax.process_index() == 0:
+    print(f"{result.status} at step {result.step}", flush=True)
+  return result

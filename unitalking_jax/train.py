@@ -7,22 +7,17 @@ and sync.txt (the SynthCue sync score of unitalking_jax/data.py, matched vs shuf
 """
 from __future__ import annotations
 
-import jax
-
 from shared import cli
-from shared import train as train_lib
 from unitalking_jax.samples import make_sample_fn
 from unitalking_jax.task import make_task
 
 
-def main():
-  cfg = cli.train_config()
-  cli.start_distributed()
-  task = make_task(cfg)
+def attach_sample_fn(cfg, task):
   task.sample_fn = make_sample_fn(cfg, task)
-  result = train_lib.train(cfg, task, cli.FLAGS.workdir)
-  if jax.process_index() == 0:
-    print(f"{result.status} at step {result.step}", flush=True)
+
+
+def main():
+  cli.train_main(make_task, attach_sample_fn)
 
 
 if __name__ == "__main__":
