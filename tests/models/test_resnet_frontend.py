@@ -347,15 +347,29 @@ def test_mask_padded_frames():
 def test_taps_stem_equals_conv3d():
   """stem="taps" (time taps stacked as channels of one 2-D conv, fast on XLA:CPU) = the Conv3d: same variables,
   same outputs, statistics and gradients."""
-  x = jnp.asarray(np.random.default_rng(0).random((2, 6, 16, 16), np.float32))
-  a = Conv3dResNet(ResNetConfig(width=4, layers=(1, 1, 1, 1)))
-  b = Conv3dResNet(ResNetConfig(width=4, layers=(1, 1, 1, 1), stem="taps"))
-  v = a.init(jax.random.key(0), x)
-  assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, b.init(jax.random.key(0), x))
-  (ya, sa), (yb, sb) = (m.apply(v, x, train=True, mutable=["batch_stats"]) for m in (a, b))
-  np.testing.assert_allclose(yb, ya, rtol=1e-5, atol=1e-5)
+  x = jnp.asarray(np.random.default_rng(0).random((1, 4, 8, 8), np.float32))   # tiny: XLA:CPU's Conv3d grad is slow
+  a = Conv3dResNet(ResNetConfig(width=2, layers=(1, 1, 1, 1)))
+  b = Conv3dResNet(ResNetConfig(width=2, layers=(1, 1, 1, 1), stem="taps"))
+  shapes = nn.meta.unbox(jax.eval_shape(a.init, jax.random.key(0), x))   # numpy values: jit init compiles slowly
+  assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, nn.meta.unbox(jax.eval_shape(b.init,
+                                                                                       jax.random.key(0), x)))
+  rng = np.random.default_rng(1)
+  v = {"params": jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.3, jnp.float32), shapes["params"]),
+       "batch_stats": jax.tree.map(lambda s: jnp.asarray(rng.random(s.shape) + 0.5, jnp.float32),
+                                   shapes["batch_stats"])}
+
+  @jax.jit
+  def both(v):
+    outs = []
+    for m in (a, b):
+      y, st = m.apply(v, x, train=True, mutable=["batch_stats"])
+      g = jax.grad(lambda v, m=m: jnp.sum(m.apply(v, x) ** 2))(v)
+      outs.append((y, st, g))
+    return outs
+
+  (ya, sa, ga), (yb, sb, gb) = both(v)
+  np.testing.assert_allclose(yb, ya, rtol=1e-4, atol=1e-4)   # BN over 4 values per channel in layer4
   for p, q in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
     np.testing.assert_allclose(q, p, rtol=1e-5, atol=1e-6)
-  ga, gb = (jax.grad(lambda v, m=m: jnp.sum(m.apply(v, x) ** 2))(v) for m in (a, b))
   for p, q in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
     np.testing.assert_allclose(q, p, rtol=1e-4, atol=1e-5 * float(np.abs(p).max() + 1))
