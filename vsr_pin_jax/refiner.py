@@ -26,7 +26,6 @@ adds the held-out token NLL of SynthCue validation sentences.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 
@@ -50,9 +49,8 @@ STAGES = ("pretrain", "lora")
 METHODS = ("greedy", "beam")
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # LLMConfig fields a base checkpoint's config.json must agree on (ours <- theirs)
-_BASE_KEYS = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
-              "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
-              "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "tie_embeddings": "tie_word_embeddings"}
+_BASE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                "tie_embeddings", "qk_norm")
 
 
 # --------------------------------------------------------------------------- config -> parts
@@ -140,15 +138,15 @@ def check_base(model: LLM, path: str) -> None:
   if not os.path.isfile(cfg_path):
     raise ConfigError(f"config key init.base.path={path!r}: no config.json there (expected a save_pretrained / "
                       "transformers directory)")
-  with open(cfg_path) as f:
-    theirs = json.load(f)
-  c = model.config
-  if theirs.get("head_dim") is None and theirs.get("num_attention_heads"):
-    theirs["head_dim"] = theirs["hidden_size"] // theirs["num_attention_heads"]
-  diff = [f"model.{ours}={getattr(c, ours)!r} vs {key}={theirs.get(key)!r}" for ours, key in _BASE_KEYS.items()
-          if theirs.get(key) is not None and theirs.get(key) != getattr(c, ours)]
-  if theirs.get("model_type") not in ("qwen3", "llama"):
-    diff.append(f"model_type={theirs.get('model_type')!r} (expected qwen3)")
+  from shared.weights import io, llm_family
+  raw = io.read_json(cfg_path)
+  diff = []
+  if raw.get("model_type") not in ("qwen3", "llama"):
+    diff.append(f"model_type={raw.get('model_type')!r} (expected qwen3)")
+  else:   # the family's own config translation (the one load_pretrained uses), not a second key map
+    c, theirs = model.config, llm_family.from_config(raw).config
+    diff = [f"model.{k}={getattr(c, k)!r} vs the base's {getattr(theirs, k)!r}" for k in _BASE_FIELDS
+            if getattr(theirs, k) != getattr(c, k)]
   if diff:
     raise ConfigError(f"config key init.base.path={path!r}: the base does not match the model: " + "; ".join(diff))
 

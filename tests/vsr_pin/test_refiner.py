@@ -242,3 +242,19 @@ def test_qwen3_4b_config_sizes_and_missing_directory():
   n_all = sum(int(np.prod(v.shape)) for v in flat.values())
   assert n_lora == 36 * 8 * ((2560 + 4096) * 2 + (2560 + 1024) * 2)   # q, o: 2560<->4096; k, v: 2560->1024
   assert 4.02e9 < n_all - n_lora < 4.03e9
+
+
+def test_check_base_compares_through_the_family_config(tmp_path):
+  """init.base's config.json is read by the LLM family's own translation; a size that differs is named."""
+  import json as _json
+  from shared.models.llm import LLM, LLMConfig
+  from shared.weights import llm_family
+  from vsr_pin_jax.refiner import check_base
+  model = LLM(LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                        num_kv_heads=2, head_dim=8, qk_norm=True, tie_embeddings=True, family="qwen3"))
+  cfg = llm_family.to_config(model)
+  (tmp_path / "config.json").write_text(_json.dumps(cfg))
+  check_base(model, str(tmp_path))                          # the same model: no error
+  (tmp_path / "config.json").write_text(_json.dumps({**cfg, "intermediate_size": 96}))
+  with pytest.raises(ConfigError, match="intermediate_size=64 vs the base's 96"):
+    check_base(model, str(tmp_path))
