@@ -148,7 +148,7 @@ def train_iterator(data, vocab: Vocabs, *, batch_size: int, seed: int):
 
 def eval_batches(data, vocab: Vocabs, split: str, n: int, batch_size: int):
   """Deterministic evaluation batches over the first n usable clips of `split`: yields (batch, truths),
-  truths = [(characters, pinyin) per utterance]."""
+  truths = [(characters, pinyin) per real utterance]: a batch may hold more rows than truths (padding)."""
   src, collate = source(data, split), batch_fn(data)
   examples, truths = [], []
   for i in range(len(src)):
@@ -163,5 +163,6 @@ def eval_batches(data, vocab: Vocabs, split: str, n: int, batch_size: int):
     if len(examples) == batch_size:
       yield collate(examples), truths[-batch_size:]
       examples = []
-  if examples:
-    yield collate(examples), truths[-len(examples):]
+  if examples:   # the last batch is padded with copies of its last clip: one compiled shape for every batch
+    k = len(examples)
+    yield collate(examples + examples[-1:] * (batch_size - k)), truths[-k:]
