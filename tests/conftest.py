@@ -1,7 +1,9 @@
-"""Test set-up: 8 simulated CPU devices (before JAX is imported), float32 matmuls, no network."""
+"""Test set-up: 8 simulated CPU devices (before JAX is imported), fast compiles, float32 matmuls, no network."""
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from tests.xla_env import xla_flags
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -44,6 +44,7 @@ from shared.nn import rope
 from shared.nn.linear import Dense
 from shared.nn.mlp import MLP
 from shared.nn.norms import LayerNorm, RMSNorm
+from shared.nn.positions import timestep_embedding
 from shared.nn.remat import ATTENTION_OUT, RESIDUAL, check_remat_policy, checkpoint_name, remat
 
 F32 = jnp.float32
@@ -119,12 +120,9 @@ def layer_norm(x, eps: float):
 
 
 def timestep_sinusoid(t, dim: int, max_period: float = 10000.0):
-  """diffusers Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0): t [...] -> [..., dim] f32 (cos, sin)."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=F32) / half)
-  ang = jnp.asarray(t, F32)[..., None] * freqs
-  out = jnp.concatenate([jnp.cos(ang), jnp.sin(ang)], axis=-1)
-  return jnp.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, dim % 2)])
+  """diffusers Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0): t [...] -> [..., dim] f32 (cos, sin);
+  shared.nn.positions.timestep_embedding with those settings."""
+  return timestep_embedding(t, dim, flip_sin_to_cos=True, freq_shift=0.0, max_period=max_period)
 
 
 def grid_positions(t: int, h: int, w: int) -> np.ndarray:

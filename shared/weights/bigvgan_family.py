@@ -133,9 +133,7 @@ def import_bigvgan(state_dict: dict[str, Any], config: BigVGANConfig, *, dtype=j
                             f"implementation uses (cutoff 0.25, half-width 0.3, 12 taps)")
   reader = io.StateDictReader({k: v for k, v in sd.items()})
   ignore = [re.escape(k) for k in buffers(config)]
-  flat = table.import_tensors(name_table(config), reader, param_shapes(config), np.dtype(dtype),
-                              ignore=ignore, source="BigVGAN state_dict")
-  return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
+  return table.import_params(name_table(config), reader, param_shapes(config), dtype, "BigVGAN state_dict", ignore)
 
 
 def export_bigvgan(params: dict, config: BigVGANConfig, *, style: str = "weight_g", dtype=np.float32
@@ -144,11 +142,8 @@ def export_bigvgan(params: dict, config: BigVGANConfig, *, style: str = "weight_
   "parametrizations" (torch.nn.utils.parametrizations.weight_norm); buffers included."""
   if style not in ("weight_g", "parametrizations"):
     raise ConfigError(f"style must be 'weight_g' or 'parametrizations', got {style!r}")
-  flat = traverse_util.flatten_dict(params)
-  rows = name_table(config)
-  table.check_coverage(rows, {k: v.shape for k, v in flat.items()})
   out = {}
-  for key, _, _, produce in table.export_specs(rows, flat, dtype):
+  for key, _, _, produce in table.export_params_specs(name_table(config), params, dtype=dtype):
     if style == "parametrizations":
       key = key.replace(".weight_g", ".parametrizations.weight.original0").replace(
           ".weight_v", ".parametrizations.weight.original1")

@@ -74,22 +74,13 @@ def import_mmaudio_vae(state_dict: dict[str, Any], config: MMAudioVAEConfig, *, 
     if got.size != v.size or not np.allclose(got.reshape(v.shape), v, atol=1e-5):
       raise CheckpointError(f"MMAudio VAE state_dict key {k} {tuple(got.shape)} differs from the config's "
                             f"mel statistics {v.shape}; pass them as MMAudioVAEConfig({k}=...)")
-  flat = table.import_tensors(name_table(config), io.StateDictReader(state_dict), param_shapes(config), np.dtype(dtype),
-                              ignore=[re.escape(k) for k in want], source="MMAudio VAE state_dict")
-  return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
+  return table.import_params(name_table(config), io.StateDictReader(state_dict), param_shapes(config), dtype,
+                             "MMAudio VAE state_dict", ignore=[re.escape(k) for k in want])
 
 
 def export_mmaudio_vae(params: dict, config: MMAudioVAEConfig, *, dtype=np.float32) -> dict[str, np.ndarray]:
   """Our params -> MMAudio VAE state_dict of numpy arrays (load_state_dict(strict=True) accepts it)."""
-  flat = traverse_util.flatten_dict(params)
-  rows = name_table(config)
-  table.check_coverage(rows, {k: v.shape for k, v in flat.items()})
-  expected = param_shapes(config)
-  bad = [f"{'/'.join(k)}: {tuple(v.shape)}, expected {expected[k]}" for k, v in flat.items()
-         if tuple(v.shape) != expected[k]]
-  if bad:
-    raise CheckpointError(f"params do not match the MMAudio VAE config: {bad[:8]}")
-  out = {key: produce() for key, shape, _, produce in table.export_specs(rows, flat, dtype)}
+  out = table.export_state_dict(name_table(config), params, param_shapes(config), "the MMAudio VAE", dtype)
   out.update({k: v.astype(dtype) for k, v in buffers(config).items()})
   return out
 

@@ -21,8 +21,11 @@ import dataclasses
 import re
 from typing import Callable, Mapping, Sequence
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from shared.errors import CheckpointError
 
@@ -188,6 +191,36 @@ def export_specs(rows: Sequence[Row], flat_params: Mapping[tuple, object], dtype
         return np.asarray(row.transform.to_theirs(x), order="C").astype(dt, copy=False)  # keeps 0-d
       specs.append((key, shape, dt, produce))
   return specs
+
+
+# ---- a family's in-memory import / export (the steps every state_dict family repeats) ----
+
+def import_params(rows: Sequence[Row], reader, expected_shapes: Mapping[tuple, tuple], dtype, source: str = "",
+                  ignore: Sequence[str] = ()) -> dict:
+  """import_tensors (strict) -> the nested params tree of jax arrays in `dtype`."""
+  flat = import_tensors(rows, reader, expected_shapes, np.dtype(dtype), ignore, source=source)
+  return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
+
+
+def export_params_specs(rows: Sequence[Row], params, expected_shapes: Mapping[tuple, tuple] | None = None,
+                        class_name: str = "the model", dtype=None) -> list:
+  """params (nested, boxed or not) -> export_specs, after check_coverage and, when `expected_shapes` is given,
+  a shape check raising CheckpointError "params do not match <class_name> with this config: [...]"."""
+  flat = traverse_util.flatten_dict(nn.meta.unbox(params))
+  check_coverage(rows, {k: v.shape for k, v in flat.items()})
+  if expected_shapes is not None:
+    bad = [f"{'/'.join(k)}: {tuple(v.shape)}, expected {expected_shapes[k]}" for k, v in flat.items()
+           if tuple(v.shape) != tuple(expected_shapes[k])]
+    if bad:
+      raise CheckpointError(f"params do not match {class_name} with this config: {bad[:8]}")
+  return export_specs(rows, flat, dtype)
+
+
+def export_state_dict(rows: Sequence[Row], params, expected_shapes: Mapping[tuple, tuple] | None = None,
+                      class_name: str = "the model", dtype=None) -> dict[str, np.ndarray]:
+  """export_params_specs materialised: {their key: np.ndarray} in table order."""
+  return {key: produce() for key, _, _, produce in export_params_specs(rows, params, expected_shapes, class_name,
+                                                                      dtype)}
 
 
 # ---- other collections (BatchNorm statistics) and constant rows ----

@@ -218,22 +218,13 @@ def import_wan_dit(state_dict: dict, c: WanDiTConfig, *, layout: str = "diffuser
   """A WanTransformer3DModel (or original WanModel, layout="original") state_dict -> our params (strict)."""
   if layout == "original":
     state_dict = strip_prefix(state_dict)
-  flat = table.import_tensors(name_table(c, layout), io.StateDictReader(state_dict), param_shapes(c), np.dtype(dtype),
-                              _ignore(layout), source=f"{layout} state_dict")
-  return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
+  return table.import_params(name_table(c, layout), io.StateDictReader(state_dict), param_shapes(c), dtype,
+                             f"{layout} state_dict", _ignore(layout))
 
 
 def export_wan_dit(params: dict, c: WanDiTConfig, *, layout: str = "diffusers", dtype=None) -> dict[str, np.ndarray]:
   """Our params -> a numpy state_dict in the diffusers (or original) layout."""
-  flat = traverse_util.flatten_dict(nn.meta.unbox(params))
-  rows = name_table(c, layout)
-  table.check_coverage(rows, {k: v.shape for k, v in flat.items()})
-  expected = param_shapes(c)
-  bad = [f"{'/'.join(k)}: {tuple(v.shape)}, expected {expected[k]}" for k, v in flat.items()
-         if tuple(v.shape) != expected[k]]
-  if bad:
-    raise CheckpointError(f"params do not match {CLASS_NAME} with this config: {bad[:8]}")
-  return {key: produce() for key, _, _, produce in table.export_specs(rows, flat, dtype)}
+  return table.export_state_dict(name_table(c, layout), params, param_shapes(c), CLASS_NAME, dtype)
 
 
 def load_wan_dit(path: str, *, dtype=jnp.float32, **overrides) -> tuple[WanDiT, dict]:
@@ -246,22 +237,18 @@ def load_wan_dit(path: str, *, dtype=jnp.float32, **overrides) -> tuple[WanDiT, 
                                 single_name=f"{WEIGHTS_STEM}.safetensors")
   if original and any(k.startswith(ORIGINAL_PREFIX) for k in reader.keys()):
     reader = io.StateDictReader(strip_prefix({k: reader.get(k) for k in reader.keys()}))
-  flat = table.import_tensors(name_table(c, layout), reader, param_shapes(c), np.dtype(dtype), _ignore(layout),
-                              source=path)
-  return WanDiT(c), traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
+  return WanDiT(c), table.import_params(name_table(c, layout), reader, param_shapes(c), dtype, path, _ignore(layout))
 
 
 def save_wan_dit(model: WanDiT, params: dict, path: str, *, layout: str = "diffusers", dtype=None,
                  max_shard_size="5GB") -> None:
   """Writes a directory that WanTransformer3DModel.from_pretrained(path) loads (or an original Wan dir)."""
   c = model.config
-  flat = traverse_util.flatten_dict(nn.meta.unbox(params))
-  rows = name_table(c, layout)
-  table.check_coverage(rows, {k: v.shape for k, v in flat.items()})
+  specs = table.export_params_specs(name_table(c, layout), params, dtype=dtype)
   os.makedirs(path, exist_ok=True)
   io.write_json(os.path.join(path, "config.json"), config_to_diffusers(c) if layout == "diffusers"
                 else config_to_original(c))
-  io.write_checkpoint(path, table.export_specs(rows, flat, dtype), max_shard_size,
+  io.write_checkpoint(path, specs, max_shard_size,
                       single_name=f"{WEIGHTS_STEM}.safetensors", index_name=f"{WEIGHTS_STEM}.safetensors.index.json")
 
 

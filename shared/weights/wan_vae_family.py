@@ -98,8 +98,7 @@ def name_table(config: WanVAEConfig) -> list[Row]:
 
 
 def _import(reader, config: WanVAEConfig, dtype, source: str) -> dict:
-  flat = table.import_tensors(name_table(config), reader, param_shapes(config), np.dtype(dtype), source=source)
-  return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
+  return table.import_params(name_table(config), reader, param_shapes(config), dtype, source)
 
 
 def import_wan_vae(state_dict: dict[str, Any], config: WanVAEConfig, *, dtype=jnp.float32) -> dict:
@@ -109,15 +108,7 @@ def import_wan_vae(state_dict: dict[str, Any], config: WanVAEConfig, *, dtype=jn
 
 def export_wan_vae(params: dict, config: WanVAEConfig, *, dtype=np.float32) -> dict[str, np.ndarray]:
   """Our params -> a diffusers AutoencoderKLWan state_dict of numpy arrays (load_state_dict strict)."""
-  flat = traverse_util.flatten_dict(params)
-  rows = name_table(config)
-  table.check_coverage(rows, {k: v.shape for k, v in flat.items()})
-  expected = param_shapes(config)
-  bad = [f"{'/'.join(k)}: {tuple(v.shape)}, expected {expected[k]}" for k, v in flat.items()
-         if tuple(v.shape) != expected[k]]
-  if bad:
-    raise CheckpointError(f"params do not match {CLASS_NAME} with this config: {bad[:8]}")
-  return {key: produce() for key, _, _, produce in table.export_specs(rows, flat, dtype)}
+  return table.export_state_dict(name_table(config), params, param_shapes(config), CLASS_NAME, dtype)
 
 
 def load_wan_vae(path: str, *, dtype=jnp.float32, compute_dtype=jnp.float32) -> tuple[AutoencoderKLWan, dict]:
@@ -133,12 +124,10 @@ def load_wan_vae(path: str, *, dtype=jnp.float32, compute_dtype=jnp.float32) -> 
 
 def save_wan_vae(model: AutoencoderKLWan, params: dict, path: str, *, dtype=None) -> None:
   """Writes a directory that `diffusers.AutoencoderKLWan.from_pretrained(path)` loads."""
-  flat = traverse_util.flatten_dict(params)
-  rows = name_table(model.config)
-  table.check_coverage(rows, {k: v.shape for k, v in flat.items()})
+  specs = table.export_params_specs(name_table(model.config), params, dtype=dtype)
   os.makedirs(path, exist_ok=True)
   io.write_json(os.path.join(path, "config.json"), to_config(model))
-  io.write_checkpoint(path, table.export_specs(rows, flat, dtype), single_name=f"{WEIGHTS_STEM}.safetensors",
+  io.write_checkpoint(path, specs, single_name=f"{WEIGHTS_STEM}.safetensors",
                       index_name=f"{WEIGHTS_STEM}.safetensors.index.json")
 
 

@@ -14,6 +14,13 @@ from shared.errors import ConfigError
 ATOL = RTOL = 1e-5
 
 
+def assert_close(got, want):
+  """Elementwise 1e-5, with the absolute part scaled by the trajectory's magnitude: these loops reach values in
+  the hundreds, where one float32 ulp is ~3e-5, and small elements come from cancelling large terms."""
+  want = np.asarray(want)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=ATOL * max(1.0, float(np.abs(want).max()) / 100))
+
+
 def _unipc_kwargs(cfg):
   """Our unipc_plan kwargs → diffusers UniPCMultistepScheduler kwargs."""
   kw = dict(solver_order=cfg.get("solver_order", 2), solver_type=cfg.get("solver_type", "bh2"),
@@ -94,7 +101,7 @@ def test_euler_loop_equals_diffusers(model, noise):
   want = _drive(ref, model.torch, noise)
   plan = samplers.euler_plan(10, 5.0)
   got = jax.jit(lambda x: samplers.euler_sample(model.jax, x, plan))(jnp.asarray(noise))
-  np.testing.assert_allclose(np.asarray(got), want, atol=ATOL, rtol=RTOL)
+  assert_close(got, want)
   assert np.abs(want - noise).max() > 0.5  # the loop moved the sample
 
 
@@ -107,7 +114,7 @@ def test_unipc_loop_equals_diffusers(name, model, noise):
   plan = _our_unipc(cfg, 10)
   got = jax.jit(lambda x: samplers.unipc_sample(model.jax, x, plan))(jnp.asarray(noise))
   assert np.all(np.isfinite(want))
-  np.testing.assert_allclose(np.asarray(got), want, atol=ATOL, rtol=RTOL)
+  assert_close(got, want)
 
 
 def test_unipc_fixed_tokens_equal_diffusers_with_reimposed_condition(model, noise):
@@ -121,7 +128,7 @@ def test_unipc_fixed_tokens_equal_diffusers_with_reimposed_condition(model, nois
   plan = _our_unipc(WAN, 10)
   got = jax.jit(lambda x: samplers.unipc_sample(model.jax, x, plan, fixed_mask=mask[..., 0],
                                                 fixed_value=jnp.asarray(value)))(noise)
-  np.testing.assert_allclose(np.asarray(got), want, atol=ATOL, rtol=RTOL)
+  assert_close(got, want)
   np.testing.assert_array_equal(np.asarray(got)[:, :2], value[:, :2])
 
 

@@ -7,8 +7,10 @@ Each process has 2 CPU devices; the 4-device mesh is (data 2, fsdp 2). Trains 2 
 import os
 import sys
 
+from tests.xla_env import xla_flags
+
 port, pid, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = xla_flags(2)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402

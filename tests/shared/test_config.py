@@ -13,6 +13,7 @@ from configs.demo import tiny
 from shared import config as config_lib
 from shared import mesh as mesh_lib
 from shared.errors import ConfigError
+from tests.xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -77,7 +78,7 @@ def test_mesh_shape_fills_the_rest_and_explains_mismatch():
 
 
 def run_cli(workdir, *extra):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, "-m", "examples.sort", "--config", "configs/demo/tiny.py",
                          "--workdir", str(workdir), "--config.trainer.total_steps=6",
                          "--config.trainer.log_every=2", "--config.trainer.checkpoint.every_steps=3",

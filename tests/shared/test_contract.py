@@ -16,6 +16,7 @@ from shared import mesh as mesh_lib
 from shared import train as train_lib
 from shared.errors import CheckpointError
 from tests.shared import contract_tasks as ct
+from tests.xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,7 +67,7 @@ def test_ragged_accumulation_equals_full_batch_and_8_devices_equal_1(make_task):
     def f(p):
       per = [task.loss_fn(p, m, None) for m in micro]
       return combine([l for l, _ in per], [a["weight"] for _, a in per])
-    return jnp.concatenate([x.ravel() for x in jax.tree.leaves(jax.grad(f)(params))])
+    return jnp.concatenate([x.ravel() for x in jax.tree.leaves(jax.jit(jax.grad(f))(params))])
   g_means = grad(lambda ls, ws: sum(l / w for l, w in zip(ls, ws)) / len(ls))
   g_weighted = grad(lambda ls, ws: sum(ls) / sum(ws))
   assert float(jnp.linalg.norm(g_means - g_weighted)) > 0.05 * float(jnp.linalg.norm(g_weighted))
@@ -98,7 +99,7 @@ def test_batch_stats_update_and_are_shared_across_data_parallel_devices():
 
 
 def _worker(workdir, total, mode):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2), PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, os.path.join(ROOT, "tests/shared/bn_worker.py"), str(workdir),
                          str(total), mode], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 

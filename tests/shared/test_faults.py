@@ -24,6 +24,7 @@ from shared import checkpoint as ckpt_lib
 from shared import train as train_lib
 from shared.errors import ConfigError
 from tests.shared.test_resume import TOTAL, assert_same_run, run
+from tests.xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -77,7 +78,7 @@ def test_resume_step_override(reference, tmp_path):
   """--resume_step N branches the run at N: later steps are kept aside (checkpoints_superseded), not deleted."""
   p = run(tmp_path, "kill@9")
   assert p.returncode == -9
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
   cmd = [sys.executable, "-m", "examples.sort", "--config", "configs/demo/tiny.py", "--workdir", str(tmp_path),
          "--config.model.dim=32", "--config.model.mlp=64", "--config.model.layers=2", "--config.model.heads=2",
          "--config.trainer.total_steps=6", "--config.trainer.log_every=1",
@@ -187,7 +188,7 @@ def test_metrics_jsonl_is_strict_json_with_a_nan_loss(tmp_path):
 
 
 def _bn_worker(workdir, total, devices):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices), PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, os.path.join(ROOT, "tests/shared/bn_worker.py"), str(workdir), str(total),
                          "plain"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 

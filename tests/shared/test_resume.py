@@ -8,13 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+from tests.xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOTAL = 12
 
 
 def run(workdir, mode):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
   p = subprocess.run([sys.executable, os.path.join(ROOT, "tests/shared/resume_worker.py"), str(workdir),
                       str(TOTAL), mode], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
   return p

@@ -25,10 +25,12 @@ def test_export_video_stream_loads_in_diffusers(tmp_path):
   audio = jax.random.normal(ks[1], (1, 4, 6))
   text = jax.random.normal(ks[2], (1, 5, 16))
   t = jnp.array([700.0])
-  params = nn.meta.unbox(model.init(jax.random.key(0), video, audio, t, t, text)["params"])
-  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(ks[3], p.shape), params)
+  # jitted init / apply: eagerly, every op of the model would compile on its own (hundreds of small programs)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), video, audio, t, t, text)["params"])
+  rng = np.random.default_rng(3)
+  params = jax.tree.map(lambda p: np.asarray(p) + 0.05 * rng.standard_normal(p.shape, np.float32), params)
   export(model, params, str(tmp_path))
-  ours, _ = model.clone(tv2a=True).apply({"params": params}, video, audio, t, t, text)
+  ours, _ = jax.jit(model.clone(tv2a=True).apply)({"params": params}, video, audio, t, t, text)
   ref = WanTransformer3DModel.from_pretrained(str(tmp_path / "video_stream")).eval()
   with torch.no_grad():
     out = ref(hidden_states=torch.from_numpy(np.array(video)).permute(0, 4, 1, 2, 3),

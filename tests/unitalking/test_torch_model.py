@@ -50,11 +50,10 @@ def _build(tmp_path_factory, text_vocab: int, with_json: bool):
   c = _config(text_vocab)
   model = UniTalking(c)
   inp = _inputs(0, text_vocab)
-  params = nn.meta.unbox(model.init(jax.random.key(0), inp["video"], inp["audio"], inp["t_video"],
-                                    inp["t_audio"], inp["text"])["params"])
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), inp["video"], inp["audio"], inp["t_video"],
+                                             inp["t_audio"], inp["text"])["params"])   # jitted: one compile
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda p: np.asarray(p) + 0.1 * rng.standard_normal(p.shape, np.float32), params)
   out = tmp_path_factory.mktemp(f"export_{text_vocab}")
   export(model, params, str(out), {CONFIG_KEY: config_to_json(c)} if with_json else None)
   torch_model = UniTalkingTorch.from_export(str(out), config=None if with_json else c)
@@ -71,11 +70,16 @@ def ids(tmp_path_factory):
   return _build(tmp_path_factory, VOCAB, with_json=True)
 
 
+_APPLY: dict = {}
+
+
 def _compare(model, params, torch_model, inp, *, tv2a=False, use_mask=True, use_ref=True, audio_only=False):
   kw = dict(text_mask=inp["text_mask"] if use_mask else None, ref=inp["ref"] if use_ref else None)
   video = None if audio_only else inp["video"]
-  net = model.clone(tv2a=tv2a, audio_only=audio_only)
-  ov, oa = net.apply({"params": params}, video, inp["audio"], inp["t_video"], inp["t_audio"], inp["text"], **kw)
+  key = (id(model), tv2a, audio_only, use_mask, use_ref, video is None)
+  if key not in _APPLY:   # one compiled program per variant (eager, every op would compile on its own)
+    _APPLY[key] = jax.jit(model.clone(tv2a=tv2a, audio_only=audio_only).apply)
+  ov, oa = _APPLY[key]({"params": params}, video, inp["audio"], inp["t_video"], inp["t_audio"], inp["text"], **kw)
   tt = lambda x: None if x is None else torch.from_numpy(np.asarray(x))  # noqa: E731
   with torch.no_grad():
     tv, ta = torch_model(tt(video), tt(inp["audio"]), tt(inp["t_video"]), tt(inp["t_audio"]), tt(inp["text"]),

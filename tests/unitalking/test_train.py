@@ -47,7 +47,11 @@ def small_config(**stage):
 def test_tiny_trains_loss_falls(tmp_path):
   cfg = small_config()
   task = make_task(cfg)
-  result = train_lib.train(cfg, task, str(tmp_path))
+  # one device: sharding is test_fsdp_8_devices_same_loss_as_1's subject; on a 2-core box 8 simulated devices
+  # only add collectives to every program this end-to-end test compiles (train, 3 generation modes, evaluate)
+  from shared import mesh as mesh_lib
+  mesh = mesh_lib.make_mesh(cfg.trainer.mesh, devices=jax.devices()[:1])
+  result = train_lib.train(cfg, task, str(tmp_path), mesh=mesh)
   assert result.step == 30
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   losses = [r["loss"] for r in rows if "loss" in r]
