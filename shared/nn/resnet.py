@@ -1,6 +1,8 @@
-"""Lip-reading visual front end: a 3-D conv stem + a per-frame 2-D ResNet trunk, channels last.
+"""Video front end: a 3-D conv stem (lip reading) or a per-frame 2-D stem (torchvision), then a per-frame 2-D
+ResNet trunk, channels last.
 
   lips [B, T, H, W] (or [B, T, H, W, 1]) grayscale float --Conv3dResNet--> features [B, T, C] float32
+  frames [B, T, H, W, in_channels] float (stem "conv2d", e.g. RGB frames / pose maps) --> [B, T, C] float32
 
 The layout of auto_avsr's `Conv3dResNet` (mpc001/auto_avsr, espnet/nets/pytorch_backend/backbones/
 conv3d_extractor.py + modules/resnet.py), which the CNVSRC 2025 baseline (VALLR-Pin's reference) uses with
@@ -21,6 +23,11 @@ Swish, and of AV-HuBERT's `ResEncoder` (facebookresearch/av_hubert, avhubert/res
                       -act(relu3); expansion 4 (torchvision's v1.5 layout; [3,4,6,3] = ResNet-50, what the
                       VALLR-Pin paper names; neither auto_avsr nor the CNVSRC baseline ships one, so its
                       checkpoint names follow the basic block's: conv3 / bn3 / relu3)
+
+Stem "conv2d" (UniCUE's per-frame 2-D ResNet; torchvision's ResNet stem, every frame on its own):
+         Conv2d(in_channels -> w, 7x7, stride 2, pad 3, no bias) -> BatchNorm2d -> act -> MaxPool2d(3, 2, 1)
+         [B*T, H/4, W/4, w], then the same trunk. With act "relu" and w = 64 the variables are torchvision's
+         resnet18 / 34 / 50 without `fc` (keys conv1.*, bn1.*, layer{L}.{i}.*: shared/weights/resnet_family.py).
 
 With w = 64 the output has C = 512 (basic) or 2048 (bottleneck) channels per frame. Activations:
 "swish" (x * sigmoid(x); auto_avsr / CNVSRC), "prelu" (torch.nn.PReLU(num_parameters=C): one slope per
@@ -56,6 +63,7 @@ Dtype = Any
 
 BLOCKS = {"basic": 1, "bottleneck": 4}        # block kind -> expansion
 ACTS = ("swish", "relu", "prelu")
+STEMS = ("conv3d", "taps", "conv2d")
 STEM_KERNEL, STEM_STRIDE, STEM_PAD = (5, 7, 7), (1, 2, 2), ((2, 2), (3, 3), (3, 3))
 # AV-HuBERT's trunk init (normal(0, sqrt(2 / (k * k * out)))); the stem keeps torch's default conv init.
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -68,13 +76,18 @@ class ResNetConfig:
   act: str = "swish"                            # "swish" | "relu" | "prelu"
   width: int = 64                               # stem channels = layer1 planes
   dtype: str = "float32"                       # compute dtype name (params, statistics and output are float32)
-  # how the stem's Conv3d is computed (same kernel [5, 7, 7, 1, w], same result): "conv3d" (one 3-D conv) or
-  # "taps" (the 5 time taps stacked as input channels of a 2-D conv: XLA:CPU's Conv3d gradient is ~15x slower)
+  # the stem: "conv3d" (one 3-D conv) or "taps" (the same Conv3d [5, 7, 7, 1, w] computed with the 5 time taps
+  # stacked as input channels of a 2-D conv: XLA:CPU's Conv3d gradient is ~15x slower; same result), or
+  # "conv2d" (torchvision's 7x7 stride-2 stem applied per frame, in_channels inputs; other variables)
   stem: str = "conv3d"
+  in_channels: int = 1                          # input channels (the 3-D stems take 1: grayscale lips)
 
   def __post_init__(self):
-    if self.stem not in ("conv3d", "taps"):
-      raise ConfigError(f"ResNetConfig.stem={self.stem!r}; expected 'conv3d' or 'taps'")
+    if self.stem not in STEMS:
+      raise ConfigError(f"ResNetConfig.stem={self.stem!r}; expected one of {list(STEMS)}")
+    if int(self.in_channels) < 1 or (self.stem != "conv2d" and int(self.in_channels) != 1):
+      raise ConfigError(f"ResNetConfig.in_channels={self.in_channels!r}; expected 1 for stem {self.stem!r} "
+                        "(grayscale lips), >= 1 for stem 'conv2d'")
     if self.block not in BLOCKS:
       raise ConfigError(f"ResNetConfig.block={self.block!r}; expected one of {sorted(BLOCKS)}")
     if self.act not in ACTS:
@@ -239,7 +252,8 @@ class TapsConv3d(Conv):
 
 
 class Conv3dResNet(nn.Module):
-  """lips [B, T, H, W] or [B, T, H, W, 1] float -> [B, T, 8 width expansion] float32 (see module docstring).
+  """lips [B, T, H, W] or [B, T, H, W, 1] float (stem "conv2d": [B, T, H, W, in_channels]) -> [B, T, 8 width
+  expansion] float32 (see module docstring).
 
   __call__(x, train, mask=None): train=True uses and updates batch statistics (mutable=["batch_stats"]);
   mask [B, T] bool (True = real frame), optional, see "Padded batches" above."""
@@ -248,10 +262,11 @@ class Conv3dResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, mask: jax.Array | None = None) -> jax.Array:
     c = self.config
-    if x.ndim == 4:
+    if x.ndim == 4 and c.in_channels == 1:
       x = x[..., None]
-    if x.ndim != 5 or x.shape[-1] != 1:
-      raise ValueError(f"Conv3dResNet expects grayscale frames [B, T, H, W] or [B, T, H, W, 1]; got {x.shape}")
+    if x.ndim != 5 or x.shape[-1] != c.in_channels:
+      raise ValueError(f"Conv3dResNet expects frames [B, T, H, W, {c.in_channels}]"
+                       + (" or [B, T, H, W]" if c.in_channels == 1 else "") + f"; got {x.shape}")
     b, t = x.shape[:2]
     dtype = jnp.dtype(c.dtype)
     x = nn.with_logical_constraint(x.astype(dtype), ("batch", "length", None, None, None))
@@ -261,6 +276,18 @@ class Conv3dResNet(nn.Module):
         raise ValueError(f"Conv3dResNet mask has shape {mask.shape}; expected [B, T] = {(b, t)}")
       mask = mask.astype(bool)
       x = jnp.where(mask[:, :, None, None, None], x, 0)
+    if c.stem == "conv2d":   # per frame: [B*T, H, W, Cin] -> [B*T, H/2, W/2, w] -> pool -> [B*T, H/4, W/4, w]
+      x = x.reshape((b * t,) + x.shape[2:])
+      if mask is not None:
+        frame_mask = mask.reshape(b * t, 1, 1, 1)
+      x = Conv(c.width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False, dtype=dtype,
+               kernel_init=kaiming_fan_out, name="conv1")(x)
+      x = activation(c.act, "act1")(batch_norm(train, dtype, "bn1")(x, mask=frame_mask))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      y = ResNetTrunk(c, name="trunk")(x, train, frame_mask).reshape(b, t, -1)
+      if mask is not None:
+        y = jnp.where(mask[:, :, None], y, 0)
+      return nn.with_logical_constraint(y.astype(jnp.float32), ("batch", "length", "act_embed"))
     # stem: [B, T, H, W, 1] -> [B, T, H/2, W/2, w] -> pool -> [B, T, H/4, W/4, w]
     stem = Conv if c.stem == "conv3d" else TapsConv3d
     x = stem(c.width, STEM_KERNEL, strides=STEM_STRIDE, padding=STEM_PAD, use_bias=False, dtype=dtype,

@@ -16,6 +16,13 @@ One name table, used both ways. Their keys, relative to a prefix (CNVSRC / auto_
   .../downsample_bn                                trunk.layer{L}.{i}.downsample.1.*       (BatchNorm)
   params/trunk/layer{L}_{i}/relu{1,2,3}/negative_slope   trunk.layer{L}.{i}.relu{1,2,3}.weight   (act "prelu")
 
+Stem "conv2d" (a per-frame 2-D stem, UniCUE's visual processor): torchvision's ResNet keys, no "trunk." level:
+  params/conv1/kernel [7,7,Cin,w]                  conv1.weight [w,Cin,7,7]                conv2d
+  params/bn1, batch_stats/bn1                      bn1.*                                    (BatchNorm)
+  params/act1/negative_slope [w]                   act1.weight                              (act "prelu"; not torchvision)
+  params/trunk/layer{L}_{i}/...                    layer{L}.{i}.conv{k} / bn{k} / downsample.{0,1}.*   (as above)
+so a relu model of width 64 is torchvision's resnet18 / 34 / 50 state dict without fc.* (load with strict=False).
+
 (layer L = 1..4, i = 0..layers[L-1]-1; downsample on the first block of a layer when its stride is 2 or its
 channels change; the trunk's avgpool and the stem's max pool have no weights). Swish and ReLU have no
 weights, so a swish and a relu model share one key set: the activation is in config.json, not the keys.
@@ -30,7 +37,7 @@ writes `num_batches_tracked` (default 0; torch reads it only for momentum=None, 
 
 config.json (this family's own; auto_avsr / AV-HuBERT checkpoints carry none):
   {"model_type": "conv3d_resnet", "architectures": ["Conv3dResNet"], "block": "basic",
-   "layers": [2, 2, 2, 2], "act": "swish", "width": 64}
+   "layers": [2, 2, 2, 2], "act": "swish", "width": 64}   (+ "stem": "conv2d", "in_channels": C for a 2-D stem)
 Eval with module.apply(variables, x, train=False); train with mutable=["batch_stats"].
 """
 from __future__ import annotations
@@ -53,7 +60,7 @@ from shared.weights.table import Row, batchnorm_rows
 MODEL_TYPE = "conv3d_resnet"
 CONV3D = table.transpose((2, 3, 4, 1, 0), "conv3d")   # torch [out, in, kt, kh, kw] -> ours [kt, kh, kw, in, out]
 CONV2D = table.transpose((2, 3, 1, 0), "conv2d")      # torch [out, in, kh, kw] -> ours [kh, kw, in, out]
-CONFIG_KEYS = ("block", "layers", "act", "width")
+CONFIG_KEYS = ("block", "layers", "act", "width", "stem", "in_channels")
 
 
 def _layout(config: ResNetConfig) -> list[tuple[int, int, bool]]:
@@ -71,13 +78,21 @@ def rows(config: ResNetConfig | Conv3dResNet, prefix: str = "", num_batches_trac
   """The name table: our variables paths within their collection (Row.collection) <-> `prefix` + their key."""
   c = config.config if isinstance(config, Conv3dResNet) else config
   p, nbt = prefix, num_batches_tracked
-  out = [Row("conv3d/kernel", f"{p}frontend3D.0.weight", CONV3D),
-         *batchnorm_rows("bn3d", f"{p}frontend3D.1", num_batches_tracked=nbt)]
-  if c.act == "prelu":
-    out.append(Row("prelu3d/negative_slope", f"{p}frontend3D.2.weight"))
+  if c.stem == "conv2d":   # torchvision's names
+    out = [Row("conv1/kernel", f"{p}conv1.weight", CONV2D),
+           *batchnorm_rows("bn1", f"{p}bn1", num_batches_tracked=nbt)]
+    if c.act == "prelu":
+      out.append(Row("act1/negative_slope", f"{p}act1.weight"))
+    trunk = p
+  else:
+    out = [Row("conv3d/kernel", f"{p}frontend3D.0.weight", CONV3D),
+           *batchnorm_rows("bn3d", f"{p}frontend3D.1", num_batches_tracked=nbt)]
+    if c.act == "prelu":
+      out.append(Row("prelu3d/negative_slope", f"{p}frontend3D.2.weight"))
+    trunk = f"{p}trunk."
   n_conv = 3 if c.block == "bottleneck" else 2
   for stage, i, down in _layout(c):
-    ours, theirs = f"trunk/layer{stage}_{i}", f"{p}trunk.layer{stage}.{i}"
+    ours, theirs = f"trunk/layer{stage}_{i}", f"{trunk}layer{stage}.{i}"
     for k in range(1, n_conv + 1):
       out += [Row(f"{ours}/conv{k}/kernel", f"{theirs}.conv{k}.weight", CONV2D),
               *batchnorm_rows(f"{ours}/bn{k}", f"{theirs}.bn{k}", num_batches_tracked=nbt)]
@@ -90,7 +105,7 @@ def rows(config: ResNetConfig | Conv3dResNet, prefix: str = "", num_batches_trac
 
 
 def example_inputs(module: Conv3dResNet) -> tuple:
-  return (jnp.zeros((1, 5, 32, 32), jnp.float32), False)
+  return (jnp.zeros((1, 5, 32, 32, module.config.in_channels), jnp.float32), False)
 
 
 @functools.lru_cache(maxsize=32)
@@ -106,20 +121,23 @@ def config_from_variables(variables, act: str = "swish") -> ResNetConfig:
   """The ResNetConfig a variables dict was built with (block, layers, width; act "prelu" when it has PReLU
   slopes, else `act`: swish and relu have the same variables)."""
   params = nn.meta.unbox(variables["params"])
+  stem = "conv2d" if "conv1" in params else "conv3d"
   try:
-    width = int(params["conv3d"]["kernel"].shape[-1])
+    kernel = params["conv1" if stem == "conv2d" else "conv3d"]["kernel"]
+    width, cin = int(kernel.shape[-1]), int(kernel.shape[-2])
     trunk = params["trunk"]
   except (KeyError, TypeError) as e:
-    raise CheckpointError(f"variables are not a Conv3dResNet's: no params/conv3d/kernel or params/trunk ({e})") \
-        from None
+    raise CheckpointError(f"variables are not a Conv3dResNet's: no params/conv3d/kernel (or params/conv1/kernel) "
+                          f"or params/trunk ({e})") from None
   counts = [0] * 4
   for name in trunk:
     m = re.fullmatch(r"layer([1-4])_(\d+)", name)
     if m:
       counts[int(m.group(1)) - 1] = max(counts[int(m.group(1)) - 1], int(m.group(2)) + 1)
   block = "bottleneck" if "conv3" in trunk.get("layer1_0", {}) else "basic"
-  return ResNetConfig(block=block, layers=tuple(counts), act="prelu" if "prelu3d" in params else act,
-                      width=width)
+  prelu = "prelu3d" in params or "act1" in params
+  return ResNetConfig(block=block, layers=tuple(counts), act="prelu" if prelu else act, width=width, stem=stem,
+                      in_channels=cin)
 
 
 class _Prefixed:
@@ -148,8 +166,9 @@ def from_torch_state_dict(state_dict: Mapping, module: Conv3dResNet | ResNetConf
   reader = _Prefixed(state_dict, prefix)
   if not reader.keys():
     some = sorted(state_dict)[:8]
+    first = "conv1.weight" if config.stem == "conv2d" else "frontend3D.0.weight"
     raise CheckpointError(f"Conv3dResNet weights: no key starts with prefix {prefix!r} (keys begin {some}); "
-                          f"expected e.g. {prefix}frontend3D.0.weight")
+                          f"expected e.g. {prefix}{first}")
   flat = table.import_tensors(table.leaf_rows(all_rows, variables=True), reader, _shapes(config), np.dtype(dtype),
                               table.constant_ignore(all_rows), source=f"state dict (prefix {prefix!r})")
   return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
@@ -194,8 +213,11 @@ def _from_config(cfg: dict, **overrides) -> Conv3dResNet:
 
 def _to_config(module: Conv3dResNet) -> dict:
   c = module.config
-  return {"model_type": MODEL_TYPE, "architectures": ["Conv3dResNet"], "block": c.block, "layers": list(c.layers),
-          "act": c.act, "width": c.width}
+  out = {"model_type": MODEL_TYPE, "architectures": ["Conv3dResNet"], "block": c.block, "layers": list(c.layers),
+         "act": c.act, "width": c.width}
+  if c.stem == "conv2d":   # the 3-D stems ("conv3d" / "taps") share one variable set: not written
+    out.update(stem="conv2d", in_channels=c.in_channels)
+  return out
 
 
 FAMILY = Family(
