@@ -55,7 +55,7 @@ def get_config(arg: str = ""):
       adapter=dict(enabled="no_adapter" not in ablations, dim=128, queries=d.get_ref("frames"), heads=8,
                    mlp_ratio=4, query_init="latent_mean"),
       vae=dict(vars(audioldm_config(scaling_factor=1.0))),
-      unet=dict(sample_size=128, in_channels=8, out_channels=8,
+      unet=dict(sample_size=128, in_channels=8 + (16 if "aligned" in ablations else 0), out_channels=8,
                 down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
                 up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",),
                 block_out_channels=(128, 256, 384, 640), layers_per_block=2, attention_head_dim=8,
@@ -64,7 +64,8 @@ def get_config(arg: str = ""):
                 class_embeddings_concat=True, dtype=dt, remat_policy=t.get_ref("remat")),
       align_weight=0.0 if "no_align" in ablations else 1.0,
       latent_scale=0.0,
-      freeze_processor="single" not in ablations)
+      freeze_processor="single" not in ablations,
+      time_channels=0, concat_condition=16 if "aligned" in ablations else 0)   # AudioLDM's conv_in as released
   c.decode.update(dict(beam=5, length_penalty=1.0))
   c.sampling.update(dict(steps=50, score_clips=64))
   if stage == "csr":

@@ -5,7 +5,8 @@
             v2s (stage 2, CSV2S: frozen processor + VisioPhonetic adapter + UNet latent diffusion)
   ablation  no_pose (CSR++ / UniCUE++: video stream only) | no_align (no semantic alignment pool: λ = 0) |
             no_adapter (UniCUE*: Z_mv straight into the UNet) | single (single CSV2S: no stage 1; the processor
-            trains from scratch in stage 2)
+            trains from scratch in stage 2) | aligned (ours, not the paper's: the adapter output also enters the
+            UNet input as 16 frame-aligned channels, model.concat_condition)
   paths     csr=REL (a stage-1 release: python -m unicue_jax.export; fills init.processor and
             init.processor_frontend) and vae=REL (a 'vae' release: fills init.vae)
 e.g.  --config configs/unicue/tiny.py                                   (stage 1)
@@ -30,7 +31,7 @@ from shared.weights.init import init_entry
 from unicue_jax.model import UniCueConfig
 
 STAGES = ("csr", "vae", "v2s")
-ABLATIONS = ("no_pose", "no_align", "no_adapter", "single")
+ABLATIONS = ("no_pose", "no_align", "no_adapter", "single", "aligned")
 
 
 def parse_arg(arg: str) -> tuple[str, set, dict]:
@@ -84,14 +85,17 @@ def get_config(arg: str = ""):
                    mlp_ratio=2, query_init="latent_mean"),
       vae=dict(vars(audioldm_config(block_out_channels=(8, 16, 32), layers_per_block=1, latent_channels=4,
                                     norm_num_groups=8, sample_size=64, scaling_factor=1.0))),
-      unet=dict(sample_size=None, in_channels=4, out_channels=4,
+      unet=dict(sample_size=None, in_channels=4 + 8 + (16 if "aligned" in ablations else 0), out_channels=4,
                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(32, 64),
                 layers_per_block=1, norm_num_groups=8, attention_head_dim=4,
                 cross_attention_dim=64, dtype=dt, remat_policy=t.get_ref("remat")),
       align_weight=0.0 if "no_align" in ablations else 1.0,
       latent_scale=0.0,
-      freeze_processor="single" not in ablations)
+      freeze_processor="single" not in ablations,
+      # the UNet input: 4 latent channels + 8 sinusoids of the latent frame (AudioLDM's UNet has no position code:
+      # without them cross-attention could not align syllables with frames, see unicue_jax/model.py)
+      time_channels=8, concat_condition=16 if "aligned" in ablations else 0)
   if "no_adapter" in ablations:
     c.model.unet.cross_attention_dim = 64      # = processor.dim: Z_mv enters the UNet as it is
   # align: "cosine" = eqs. 5-6 as written: without negatives it collapses (measured, 1500 steps: L_S 0.001, Z_v

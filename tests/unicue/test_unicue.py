@@ -37,10 +37,11 @@ def micro(arg: str = ""):
   m.mbart.update(dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                       decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=16))
   m.adapter.update(dict(dim=32, heads=2, mlp_ratio=1))                    # 32 = 16 mel bins / 4 x 2 channels
-  m.vae.update(dict(block_out_channels=(4, 8, 8), norm_num_groups=4, latent_channels=2))
-  m.unet.update(dict(in_channels=2, out_channels=2, block_out_channels=(8, 16), norm_num_groups=4,
+  m.vae.update(dict(block_out_channels=(4, 8, 8), norm_num_groups=4, latent_channels=2,
+                    mid_block_add_attention=False))
+  m.unet.update(dict(in_channels=2 + m.time_channels, out_channels=2, block_out_channels=(8, 16), norm_num_groups=4,
                      attention_head_dim=2, cross_attention_dim=32))
-  cfg.sampling.update(dict(steps=2, score_clips=4, template_clips=12))
+  cfg.sampling.update(dict(steps=2, score_clips=4, template_clips=8))
   cfg.objective.scale_clips = 4
   return cfg
 
@@ -148,7 +149,8 @@ def stage1(tmp_path_factory):
 def vae(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("uc_vae"))
   cfg = micro("vae")
-  cfg.trainer.total_steps = cfg.trainer.checkpoint.every_steps = 6
+  cfg.trainer.total_steps = cfg.trainer.checkpoint.every_steps = 4
+  cfg.trainer.log_every = 2
   result = train_lib.train(cfg, make_task(cfg), wd)
   from unicue_jax.export import export
   rel = export(wd, str(tmp_path_factory.mktemp("uc_vae_rel")))
