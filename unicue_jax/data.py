@@ -23,6 +23,10 @@ Example (host side, numpy; `prepare`), with F = data.frames and S = data.image_s
 Clips longer than F frames (or with more tokens than the largest label bucket) are dropped with a warning; every
 batch has the video / pose maps padded to F frames (masks `video_mask`), so one compiled program serves all.
 
+Cue ablations (`data.cues`, SynthCue only): "lips+hand" (default); "lips": SynthCue's `speech` mode, the same
+speakers and sentences with no cueing hand drawn or in the pose; "hand": cued mode with the mouth boxed out of
+every frame and the lip keypoints dropped (`hide_mouth`). Table 2's "lips + hand vs either alone".
+
 Pose maps are drawn at data.pose_supersample x S and averaged down to S (thin lines at small S).
 
 Crop (`crop_box`): a square of side `data.crop_scale` face units whose centre is the nose + (0.45, 0.35) face
@@ -51,6 +55,7 @@ from shared.text.pinyin import Vocab
 
 log = logging.getLogger(__name__)
 SOURCES = ("synthcue", "cued")
+CUES = ("lips+hand", "lips", "hand")
 TOKENS = ("chars", "syllables")
 MBART_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
@@ -112,10 +117,23 @@ def decode_tokens(v: Vocab, ids, tokens: str) -> str:
 
 # ----------------------------------------------------------------------------- sources
 
+def cues(data) -> str:
+  """data.cues: which half of cued speech the inputs keep (module docstring, "Cue ablations")."""
+  c = data.get("cues", "lips+hand")
+  if c not in CUES:
+    raise ConfigError(f"data.cues={c!r}: expected one of {CUES}")
+  if c != "lips+hand" and data.source != "synthcue":
+    raise ConfigError(f"data.cues={c!r} is a SynthCue ablation (its renderer can leave the hand out); "
+                      f"data.source={data.source!r} needs cues='lips+hand'")
+  return c
+
+
 def source(data, split: str, *, video: bool = True, audio: bool = True):
   """A random-access source of DESIGN.md sample dicts (None for a bad real clip)."""
+  c = cues(data)
   if data.source == "synthcue":
-    return synthcue_source(data, split, "cued", render_video=video, render_audio=audio)
+    mode = "speech" if c == "lips" else "cued"
+    return synthcue_source(data, split, mode, render_video=video, render_audio=audio)
   if data.source == "cued":
     return cued_reader(data.root, split, dataset=data.dataset, skip=True, load_video=False)
   raise ConfigError(f"data.source={data.source!r}: expected one of {SOURCES}")
@@ -201,6 +219,26 @@ def render_pose_maps(kp: dict, box: tuple[float, float, float], size: int, super
   return maps.reshape(t, size, k, size, k, 3).mean((2, 4)).round().astype(np.uint8)
 
 
+def hide_mouth(video: np.ndarray, kp: dict, margin: float = 0.3) -> tuple[np.ndarray, dict]:
+  """The `hand` cue ablation: video [T, H, W, 3] uint8 with one fixed box over the mouth filled black in every
+  frame (the clip's lip keypoints' extent, face 48-67, widened by `margin` of its size on each side: a fixed
+  box, so its size tells nothing of the opening), and the lip keypoints dropped (confidence 0) from the pose.
+  A hand at the mouth cue position is hidden with the lips."""
+  lips = np.asarray(kp["face"][:, 48:68], np.float32)
+  seen = lips[..., 2] > 0
+  if not seen.any():
+    return video, kp
+  xy = lips[..., :2][seen]
+  lo, hi = xy.min(0), xy.max(0)
+  pad = margin * np.maximum(hi - lo, 1.0)
+  (x0, y0), (x1, y1) = np.floor(lo - pad).astype(int), np.ceil(hi + pad).astype(int)
+  video = video.copy()
+  video[:, max(y0, 0):max(y1 + 1, 0), max(x0, 0):max(x1 + 1, 0)] = 0
+  kp = dict(kp, face=np.asarray(kp["face"], np.float32).copy())
+  kp["face"][:, 48:68, 2] = 0.0
+  return video, kp
+
+
 # ----------------------------------------------------------------------------- examples
 
 def mel_frames(data) -> int:
@@ -240,6 +278,8 @@ def prepare(sample, *, data, vocab: Vocab, parts: tuple[str, ...] = ("visual", "
     if next(iter(kp.values())).shape[0] != t:
       raise DataError(f"pose has {next(iter(kp.values())).shape[0]} frames, the video {t}", path=where, key="pose")
     box = crop_box(kp, data.crop_scale, where)
+    if cues(data) == "hand":
+      video, kp = hide_mouth(np.asarray(video, np.uint8), kp)
     out["video"] = crop_frames(np.asarray(video, np.uint8), box, int(data.image_size))
     out["pose_maps"] = render_pose_maps(kp, box, int(data.image_size), int(data.pose_supersample))
   if "tokens" in parts:

@@ -16,8 +16,15 @@ prints ONE JSON line, also written to DIR/eval/<step>.json (+ <step>_<split>_*.t
                     summed mel energy over its 4 mel frames) with the mouth opening (SynthCue's truth), over the
                     clip's frames; sync_shuffled: generated clip i against clip i+1's mouth; sync_real: the real
                     audio's energy against its own mouth
+       spk_sim      cosine similarity of a generated clip's voice embedding (mean mel cepstrum of the louder frames)
+                    with its cuer's centroid over the cuer's other real clips (shared/metrics/voice.py); spk_sim_other:
+                    with the other cuers' centroids; spk_sim_real: the real clips' own (SynthCue test cuers, 64
+                    clips: ~0.17 vs ~-0.26 other; a formant voice of another speaker ~-0.1)
        stoi         (--stoi; needs pystoi) STOI of Griffin-Lim audio from the generated mel against the real
                     audio, and stoi_real: Griffin-Lim of the real mel (no trained vocoder exists here)
+  --tts (csr) the CSR -> TTS stand-in (shared/data/synthcue_tts.py: the decoded transcript spoken in the cuer's
+       voice over the clip's length, not seeing the video) scored like v2s without the VAE: tts_ser, tts_ser_chance,
+       tts_ser_real (the real clips, same templates), tts_sync, tts_sync_shuffled, tts_sync_real
        No SyncNet (LSE-C / LSE-D) or DNSMOS: their weights are not available offline.
 """
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numpy as np
 from absl import flags
 
 from shared import cli
+from shared.errors import ConfigError
 from shared.metrics.text import chinese_cer, wer
 
 
@@ -42,7 +50,7 @@ def transcribe(task, variables, cfg, split: str, n: int) -> list[dict]:
     hyps = task.recognizer.recognize(variables, batch)
     for i, inf in enumerate(infos):
       truth = inf["text"] if cfg.data.tokens == "chars" else inf["pinyin"]
-      rows.append({"truth": truth, "hyp": hyps[i], "speaker": inf["speaker"]})
+      rows.append({**inf, "truth": truth, "hyp": hyps[i]})
   return rows
 
 
@@ -81,7 +89,6 @@ def vae_metrics(task, variables, cfg, split: str, n: int) -> dict:
 
 def vae_round_trip(task, variables, cfg, mels: np.ndarray) -> np.ndarray:
   """Raw log-mels [K, M, 64] -> through the model's VAE (posterior mean) -> raw log-mels [K, M, 64]."""
-  import jax
   import jax.numpy as jnp
   from unicue_jax.model import UniCueV2S
   from unicue_jax.task import denormalize_mel, normalize_mel
@@ -104,8 +111,9 @@ def vae_round_trip(task, variables, cfg, mels: np.ndarray) -> np.ndarray:
   return np.concatenate(out)
 
 
-def fit_templates(task, variables, cfg):
-  """Template recogniser from `sampling.template_clips` training clips through the VAE round trip."""
+def fit_templates(task, variables, cfg, *, round_trip: bool = True):
+  """Template recogniser from `sampling.template_clips` training clips through the VAE round trip (round_trip
+  False: their log-mels as they are, for speech that no VAE made)."""
   from shared.metrics import template_asr
   from unicue_jax import data as data_lib
   src = data_lib.source(cfg.data, "train", video=False, audio=True)
@@ -117,7 +125,9 @@ def fit_templates(task, variables, cfg):
     raise DataError("the template recogniser is fitted on SynthCue clips (syllable boundaries); data.source "
                     f"{cfg.data.source!r} has none", key="data.source")
   clips = [s for s in clips if len(s["audio"]) <= int(cfg.data.frames) * 16000 // int(cfg.data.fps)]
-  mels = vae_round_trip(task, variables, cfg, np.stack([data_lib.clip_mel(s["audio"], m) for s in clips]))
+  mels = np.stack([data_lib.clip_mel(s["audio"], m) for s in clips])
+  if round_trip:
+    mels = vae_round_trip(task, variables, cfg, mels)
   return template_asr.fit(((mel, s["pinyin"].split(), np.asarray(s["syllable_frames"]) * per, int(s["speaker"]))
                            for mel, s in zip(mels, clips)), src.world.syllables)
 
@@ -147,14 +157,36 @@ def generate_clips(task, variables, cfg, split: str, n: int, seed: int = 0) -> l
   return rows
 
 
-def v2s_metrics(task, variables, cfg, rows: list[dict], *, with_stoi: bool = False) -> dict:
+def tts_clips(cfg, rows: list[dict], seed: int = 0) -> list[dict]:
+  """CSR -> TTS stand-in (shared/data/synthcue_tts.py): each clip's decoded transcript spoken in its cuer's voice
+  over the clip's length, without the video -> rows with "gen" / "real" raw log-mels [M, 64] (Table 2's
+  recognise-then-speak baselines)."""
+  from shared.data.synthcue_tts import chars_to_syllables, speak
+  from unicue_jax import data as data_lib
+  if cfg.data.source != "synthcue":
+    raise ConfigError("the TTS stand-in speaks in SynthCue voices: data.source must be 'synthcue'")
+  world = data_lib.source(cfg.data, "train", video=False).world
+  m = data_lib.mel_frames(cfg.data)
+  out = []
+  for i, r in enumerate(rows):
+    syl = chars_to_syllables(world, r["hyp"]) if cfg.data.tokens == "chars" else r["hyp"].split()
+    syl = [x for x in syl if x in world.syllables]
+    n_frames = int(len(r["audio"]) * int(cfg.data.fps) // 16000)
+    audio = speak(world, r["speaker"], syl, n_frames, fps=int(cfg.data.fps), seed=seed + i)
+    out.append({**r, "gen": data_lib.clip_mel(audio, m), "real": data_lib.clip_mel(r["audio"], m)})
+  return out
+
+
+def v2s_metrics(task, variables, cfg, rows: list[dict], *, with_stoi: bool = False, vae: bool = True) -> dict:
+  """Generated-speech metrics of the module docstring; vae=False: the speech and the templates skip the VAE
+  round trip (the TTS stand-in)."""
   from shared.metrics import template_asr
   from unicue_jax import data as data_lib
-  templates = fit_templates(task, variables, cfg)
+  templates = fit_templates(task, variables, cfg, round_trip=vae)
   refs = [r["pinyin"] for r in rows]
   gen = template_asr.score([r["gen"] for r in rows], refs, templates)
-  real = template_asr.score(list(vae_round_trip(task, variables, cfg, np.stack([r["real"] for r in rows]))), refs,
-                            templates)
+  reals = np.stack([r["real"] for r in rows])
+  real = template_asr.score(list(vae_round_trip(task, variables, cfg, reals) if vae else reals), refs, templates)
   out = {"ser": gen["ser"], "ser_chance": gen["ser_chance"], "ser_real": real["ser"], "n": len(rows)}
   per = data_lib.mel_frames(cfg.data) // int(cfg.data.frames)
   if all("mouth_open" in r for r in rows):
@@ -165,6 +197,11 @@ def v2s_metrics(task, variables, cfg, rows: list[dict], *, with_stoi: bool = Fal
     out["sync"] = float(np.mean([_corr(energy(r, "gen"), m) for r, m in zip(rows, mouths)]))
     out["sync_shuffled"] = float(np.mean([_corr(energy(r, "gen"), m) for r, m in zip(rows, mouths[1:] + mouths[:1])]))
     out["sync_real"] = float(np.mean([_corr(energy(r, "real"), m) for r, m in zip(rows, mouths)]))
+  from shared.metrics.voice import speaker_similarity
+  reals, spk = [r["real"] for r in rows], [r["speaker"] for r in rows]
+  out.update(speaker_similarity([r["gen"] for r in rows], reals, spk))
+  if "spk_sim" in out:
+    out["spk_sim_real"] = speaker_similarity(reals, reals, spk)["spk_sim"]
   if with_stoi:
     from shared.data import features
     from shared.metrics.audio import stoi
@@ -199,12 +236,21 @@ def write_mel_png(path: str, mels: list[np.ndarray]):
 
 # ----------------------------------------------------------------------------------------------- hooks / CLI
 
-def metrics_for(task, variables, cfg, split: str, n: int, *, seed: int = 0, with_stoi: bool = False):
-  """-> (metrics, rows) for the config's stage."""
+def metrics_for(task, variables, cfg, split: str, n: int, *, seed: int = 0, with_stoi: bool = False,
+                tts: bool = False):
+  """-> (metrics, rows) for the config's stage. tts (csr): also the CSR -> TTS stand-in's speech metrics,
+  prefixed "tts_"."""
   stage = cfg.model.stage
   if stage == "csr":
     rows = transcribe(task, variables, cfg, split, n)
-    return csr_metrics(rows, cfg.data.tokens), rows
+    metrics = csr_metrics(rows, cfg.data.tokens)
+    if tts:
+      spoken = tts_clips(cfg, rows, seed)
+      metrics.update({f"tts_{k}": v for k, v in v2s_metrics(task, variables, cfg, spoken, with_stoi=with_stoi,
+                                                            vae=False).items() if k != "n"})
+    return metrics, rows
+  if tts:
+    raise ConfigError(f"--tts scores a CSR (stage csr) workdir; this one is stage {stage!r}")
   if stage == "vae":
     return vae_metrics(task, variables, cfg, split, n), []
   rows = generate_clips(task, variables, cfg, split, n, seed)
@@ -243,13 +289,13 @@ def write_outputs(rows: list[dict], out_dir: str):
 
 
 def evaluate(workdir: str, *, split: str = "test", n: int = 64, step: int | None = None, seed: int = 0,
-             with_stoi: bool = False) -> tuple[int, dict]:
+             with_stoi: bool = False, tts: bool = False) -> tuple[int, dict]:
   """-> (step, metrics). CheckpointError naming the directory / step when there is none."""
   from shared.checkpoint import restore
   r = restore(workdir, step)
   from unicue_jax.task import make_task
   task = make_task(r.config)
-  metrics, rows = metrics_for(task, r.variables, r.config, split, n, seed=seed, with_stoi=with_stoi)
+  metrics, rows = metrics_for(task, r.variables, r.config, split, n, seed=seed, with_stoi=with_stoi, tts=tts)
   stage = r.config.model.stage
   if stage == "csr":
     write_transcripts(rows, os.path.join(workdir, "eval", f"{r.step}_{split}_transcripts.txt"))
@@ -260,11 +306,13 @@ def evaluate(workdir: str, *, split: str = "test", n: int = 64, step: int | None
 
 def main():
   f = cli.FLAGS
-  step, metrics = evaluate(f.workdir, split=f.split, n=f.n, step=f.step, seed=f.seed, with_stoi=f.stoi)
+  step, metrics = evaluate(f.workdir, split=f.split, n=f.n, step=f.step, seed=f.seed, with_stoi=f.stoi, tts=f.tts)
   cli.write_eval(f.workdir, step, metrics, split=f.split, n_requested=f.n)
 
 
 if __name__ == "__main__":
   cli.define_eval_flags(default_n=64)
   flags.DEFINE_boolean("stoi", False, "Stage 2: also STOI of Griffin-Lim audio against the real audio (pystoi).")
+  flags.DEFINE_boolean("tts", False, "Stage csr: also the CSR -> TTS stand-in (transcripts spoken in the cuer's "
+                       "SynthCue voice without the video): tts_ser, tts_sync, ...")
   cli.run(main)

@@ -6,7 +6,8 @@
   ablation  no_pose (CSR++ / UniCUE++: video stream only) | no_align (no semantic alignment pool: λ = 0) |
             no_adapter (UniCUE*: Z_mv straight into the UNet) | single (single CSV2S: no stage 1; the processor
             trains from scratch in stage 2) | aligned (ours, not the paper's: the adapter output also enters the
-            UNet input as 16 frame-aligned channels, model.concat_condition)
+            UNet input as 16 frame-aligned channels, model.concat_condition) | lips_only / hand_only (SynthCue
+            inputs keep one half of cued speech: data.cues, see unicue_jax/data.py)
   paths     csr=REL (a stage-1 release: python -m unicue_jax.export; fills init.processor and
             init.processor_frontend) and vae=REL (a 'vae' release: fills init.vae)
 e.g.  --config configs/unicue/tiny.py                                   (stage 1)
@@ -31,7 +32,7 @@ from shared.weights.init import init_entry
 from unicue_jax.model import UniCueConfig
 
 STAGES = ("csr", "vae", "v2s")
-ABLATIONS = ("no_pose", "no_align", "no_adapter", "single", "aligned")
+ABLATIONS = ("no_pose", "no_align", "no_adapter", "single", "aligned", "lips_only", "hand_only")
 
 
 def parse_arg(arg: str) -> tuple[str, set, dict]:
@@ -67,6 +68,7 @@ def get_config(arg: str = ""):
       n_test_speakers=2, clauses=(1, 1), frame_size=64, fps=25, tokens="chars", frames=48, image_size=32,
       crop_scale=3.8, pose_supersample=2, label_buckets=(8,), mel_mean=-4.63, mel_std=2.74,
       eval_split="test", eval_samples=64, eval_batch_size=16,
+      cues="hand" if "hand_only" in ablations else "lips" if "lips_only" in ablations else "lips+hand",
       # source "cued": root (the dataset directory), dataset name, units file (one token per line)
       root="", dataset="cued", units=""))
   d, t = c.data, c.trainer

@@ -117,6 +117,34 @@ def test_prepare_synthcue_and_the_cued_csv_layout(tmp_path):
   np.testing.assert_allclose(ex2["mel"], ex["mel"], atol=1e-3)
 
 
+def test_cue_ablations_keep_one_half_of_cued_speech():
+  """lips_only: the same clip without the hand (video and pose); hand_only: the mouth boxed out (a fixed box over
+  the clip) and the lip keypoints gone; the other half unchanged."""
+  full, lips, hand = micro().data, micro("lips_only").data, micro("hand_only").data
+  full.image_size = lips.image_size = hand.image_size = 32
+  v = data_lib.vocab(full)
+  i = next(i for i in range(8) if data_lib.source(full, "train")[i]["video"].shape[0] <= full.frames)
+  sf, sl, sh = (data_lib.source(d, "train")[i] for d in (full, lips, hand))
+  assert sf["text"] == sl["text"] == sh["text"]
+  ef, el, eh = (data_lib.prepare(s, data=d, vocab=v) for s, d in ((sf, full), (sl, lips), (sh, hand)))
+  assert (sl["pose"][:, 8:, 2] == 0).all() and (sf["pose"][:, 8:14, 2] > 0).all()      # no hand in lips_only
+  assert (np.abs(ef["video"].astype(int) - el["video"]).max(-1) > 30).mean() > 0.02         # the hand is gone
+  assert not np.array_equal(ef["pose_maps"], el["pose_maps"])
+  # hand_only: frames equal outside the mouth box, black inside it in every frame; lips' motion removed
+  changed = (ef["video"] != eh["video"]).any(-1).any(0)                                   # [S, S]
+  assert 0 < changed.mean() < 0.25
+  ys, xs = np.nonzero(changed)
+  assert (eh["video"][:, ys.min() + 1:ys.max(), xs.min() + 1:xs.max()] == 0).mean() > 0.5
+  kp = data_lib.keypoints(sh["pose"], *sh["video"].shape[1:3])
+  _, kp_h = data_lib.hide_mouth(sh["video"], kp)
+  assert (kp_h["face"][:, 48:68, 2] == 0).all() and (kp["face"][:, [48, 54], 2] > 0).all()
+  bad = micro().data
+  bad.cues = "lips"
+  bad.source = "cued"
+  with pytest.raises(ConfigError, match="data.cues"):
+    data_lib.source(bad, "train")
+
+
 def test_config_checks():
   cfg = micro("v2s")
   with pytest.raises(ConfigError, match="init.vae.path"):
@@ -178,8 +206,9 @@ def test_stage1_trains_and_evaluates(stage1):
   p = result.state.params
   assert not np.asarray(p["mbart"]["final_logits_bias"]).any()            # frozen (a buffer in transformers)
   from unicue_jax.evaluate import evaluate
-  step, m = evaluate(wd, n=4)
+  step, m = evaluate(wd, n=4, tts=True)                                  # + the CSR -> TTS stand-in
   assert step == 12 and m["n"] == 4 and 0.0 <= m["cer"]
+  assert m["tts_ser"] >= 0 and np.isfinite([m["tts_ser_real"], m["tts_sync"], m["tts_sync_real"]]).all(), m
 
 
 def test_stage1_release_loads_in_transformers(stage1):

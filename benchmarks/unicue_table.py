@@ -1,0 +1,130 @@
+"""UniCUE's Tables 2 / 3 in miniature on SynthCue (held-out cuers): train, export and evaluate each row.
+
+  PYTHONPATH=. python benchmarks/unicue_table.py --out W [--rows csr_s0,single_s0,...] [--taskset 0]
+  PYTHONPATH=. python benchmarks/unicue_table.py --out W --report        # the markdown table from W/*/eval
+
+Rows (same budget per row within a stage: CSR 2000 steps, the mel VAE 800, stage 2 1000; seed = trainer seed,
+the corpus is fixed):
+  csr_s0, csr_s1      CSR: lips + hand video and pose maps (UniCUE's stage 1); every CSR row is also scored
+                      through the TTS stand-in (evaluate --tts: its transcripts spoken in the cuer's voice)
+  csr_no_pose         CSR++: video stream only            csr_no_align   CSR‡: no semantic alignment pool
+  csr_lips, csr_hand  the inputs keep one half of cued speech (data.cues): lips alone, hand alone
+  vae                 the tiny mel VAE that every stage-2 row reads
+  unicue_s0/_s1       UniCUE: stage 2 on the frozen processor of csr_s0 / csr_s1
+  single_s0/_s1       single CSV2S: the processor trains from scratch inside stage 2
+  unicue_no_pose      UniCUE++ (reads csr_no_pose)        unicue_no_align  UniCUE‡ (reads csr_no_align)
+  unicue_no_adapter   UniCUE*: Z_mv straight into the UNet's cross-attention (reads csr_s0)
+A row runs its dependencies first if their releases are missing; finished rows (W/<row>/eval/*.json) are skipped,
+interrupted ones resume from their checkpoints. Each step is a subprocess; --taskset N pins them to one core.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+STEPS = {"csr": 2000, "vae": 800, "v2s": 1000}
+# row -> (config arg, stage, seed, csr row it reads)
+ROWS = {
+    "csr_s0": ("", "csr", 0, None), "csr_s1": ("", "csr", 1, None),
+    "csr_no_pose": ("no_pose", "csr", 0, None), "csr_no_align": ("no_align", "csr", 0, None),
+    "csr_lips": ("lips_only", "csr", 0, None), "csr_hand": ("hand_only", "csr", 0, None),
+    "vae": ("vae", "vae", 0, None),
+    "unicue_s0": ("v2s", "v2s", 0, "csr_s0"), "unicue_s1": ("v2s", "v2s", 1, "csr_s1"),
+    "single_s0": ("v2s,single", "v2s", 0, None), "single_s1": ("v2s,single", "v2s", 1, None),
+    "unicue_no_pose": ("v2s,no_pose", "v2s", 0, "csr_no_pose"),
+    "unicue_no_align": ("v2s,no_align", "v2s", 0, "csr_no_align"),
+    "unicue_no_adapter": ("v2s,no_adapter", "v2s", 0, "csr_s0"),
+}
+LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), seed 1",
+          "csr_no_pose": "CSR++ (no pose stream)", "csr_no_align": "CSR‡ (no alignment pool)",
+          "csr_lips": "lips alone", "csr_hand": "hand alone", "vae": "mel VAE round trip",
+          "unicue_s0": "UniCUE, seed 0", "unicue_s1": "UniCUE, seed 1", "single_s0": "single CSV2S, seed 0",
+          "single_s1": "single CSV2S, seed 1", "unicue_no_pose": "UniCUE++ (no pose stream)",
+          "unicue_no_align": "UniCUE‡ (no alignment pool)", "unicue_no_adapter": "UniCUE* (no VPA adapter)"}
+
+
+def run(cmd: list[str], log: str, core: int | None):
+  if core is not None:
+    cmd = ["taskset", "-c", str(core)] + cmd
+  print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}  > {log}", flush=True)
+  with open(log, "a") as f:
+    rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": "."})
+  if rc:
+    sys.exit(f"failed (rc {rc}): {' '.join(cmd)}; see {log}")
+
+
+def evals(out: str, row: str) -> list[dict]:
+  return [json.load(open(p)) for p in sorted(glob.glob(f"{out}/{row}/eval/*.json"))]
+
+
+def do_row(out: str, row: str, core: int | None):
+  if evals(out, row):
+    return
+  arg, stage, seed, reads = ROWS[row]
+  py = sys.executable
+  if stage == "v2s":
+    for dep in ("vae",) + ((reads,) if reads else ()):
+      if not os.path.exists(f"{out}/{dep}_rel/release.json"):
+        do_row(out, dep, core)
+    paths = f"vae={out}/vae_rel" + (f",csr={out}/{reads}_rel" if reads else "")
+    arg = f"{arg},{paths}"
+  cfg = "configs/unicue/tiny.py" + (f":{arg}" if arg else "")
+  wd, log = f"{out}/{row}", f"{out}/{row}.log"
+  run([py, "-m", "unicue_jax.train", "--config", cfg, "--workdir", wd,
+       f"--config.trainer.total_steps={STEPS[stage]}", f"--config.trainer.seed={seed}"], log, core)
+  if stage in ("csr", "vae"):
+    run([py, "-m", "unicue_jax.export", "--workdir", wd, "--out", f"{out}/{row}_rel"], log, core)
+  run([py, "-m", "unicue_jax.evaluate", "--workdir", wd, "--split", "test", "--n", "64"]
+      + (["--tts"] if stage == "csr" else []), log, core)
+  print(json.dumps({"row": row, **evals(out, row)[-1]}), flush=True)
+
+
+def fmt(x, nd=3):
+  return "" if x is None else f"{x:.{nd}f}"
+
+
+def report(out: str) -> str:
+  lines = ["| row | CSR CER | speech SER (chance / real) | sync (shuffled / real) | speaker sim (other / real) | steps |",
+           "|---|---|---|---|---|---|"]
+  for row in ROWS:
+    ev = evals(out, row)
+    if not ev:
+      continue
+    e = ev[-1]
+    ser = f"{fmt(e.get('ser'))} ({fmt(e.get('ser_chance'))} / {fmt(e.get('ser_real'))})" if "ser" in e else ""
+    sync = f"{fmt(e.get('sync'))} ({fmt(e.get('sync_shuffled'))} / {fmt(e.get('sync_real'))})" if "sync" in e else ""
+    cer = fmt(e.get("cer")) if "cer" in e else (f"l1 {fmt(e.get('l1'))}" if "l1" in e else "")
+    spk = f"{fmt(e.get('spk_sim'))} ({fmt(e.get('spk_sim_other'))} / {fmt(e.get('spk_sim_real'))})" if "spk_sim" in e else ""
+    lines.append(f"| {LABELS[row]} | {cer} | {ser} | {sync} | {spk} | {e.get('step')} |")
+    if "tts_ser" in e:
+      t = {k[4:]: v for k, v in e.items() if k.startswith("tts_")}
+      lines.append(f"| {LABELS[row]} -> TTS stand-in | | {fmt(t['ser'])} ({fmt(t['ser_chance'])} / {fmt(t['ser_real'])}) "
+                   f"| {fmt(t.get('sync'))} ({fmt(t.get('sync_shuffled'))} / {fmt(t.get('sync_real'))}) "
+                   f"| {fmt(t.get('spk_sim'))} ({fmt(t.get('spk_sim_other'))} / {fmt(t.get('spk_sim_real'))}) | |")
+  return "\n".join(lines)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--rows", default=",".join(ROWS))
+  ap.add_argument("--taskset", type=int, default=None)
+  ap.add_argument("--report", action="store_true")
+  args = ap.parse_args()
+  if args.report:
+    print(report(args.out))
+    return
+  os.makedirs(args.out, exist_ok=True)
+  for row in args.rows.split(","):
+    if row not in ROWS:
+      sys.exit(f"unknown row {row!r}; rows: {', '.join(ROWS)}")
+    do_row(args.out, row, args.taskset)
+
+
+if __name__ == "__main__":
+  main()
