@@ -46,9 +46,9 @@ EXTRAS = {
 setup(
     name="avspeech-jax",
     version="0.1.0",
-    description="JAX/Flax audio-visual speech stack: UniCUE, tri-modal sign/lip/audio LLM, VALLR-Pin, UniTalking",
+    description="JAX/Flax audio-visual speech stack: UniCUE, tri-modal sign/lip/audio LLM, VALLR-Pin, UniTalking, FlashLips",
     packages=find_packages(include=["shared*", "examples*", "unicue_jax*", "trimodal_jax*", "vsr_pin_jax*",
-                                    "unitalking_jax*"]),
+                                    "unitalking_jax*", "flashlips_jax*"]),
     package_data={"shared.text": ["pinyin_vocab.txt"]},
     python_requires=">=3.10",
     install_requires=INSTALL,
