@@ -27,7 +27,6 @@ import os
 
 import jax
 import numpy as np
-from absl import flags
 
 from shared import cli
 
@@ -97,19 +96,10 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
   return out
 
 
-def define_flags():
-  flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/).")
-  flags.DEFINE_string("out", None, "Release directory to write.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of the written tensors.")
-
-
 def main():
-  f = cli.FLAGS
-  print(export(f.workdir, f.out, step=f.step, dtype=f.dtype), flush=True)
+  cli.export_main(export)
 
 
 if __name__ == "__main__":
-  define_flags()
-  flags.mark_flags_as_required(["workdir", "out"])
+  cli.define_export_flags()
   cli.run(main)

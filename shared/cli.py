@@ -203,7 +203,8 @@ def write_eval(workdir: str, step: int, metrics: dict, **context) -> str:
 
 def train_main(make_task: Callable, hooks: Callable | None = None):
   """The body of every `python -m <system>.train`: config (+ --resume_step), jax.distributed, the system's Task
-  (hooks(cfg, task) may attach eval/sample hooks), shared.train; prints how it ended. Returns the result."""
+  (hooks(cfg, task) may attach eval/sample hooks itself, or return (eval_fn, sample_fn) to attach), shared.train;
+  prints how it ended. Returns the result."""
   import jax
 
   from shared import train as train_lib
@@ -211,8 +212,24 @@ def train_main(make_task: Callable, hooks: Callable | None = None):
   start_distributed()
   task = make_task(cfg)
   if hooks is not None:
-    hooks(cfg, task)
+    attached = hooks(cfg, task)
+    if attached is not None:
+      task.eval_fn, task.sample_fn = attached
   result = train_lib.train(cfg, task, FLAGS.workdir)
   if jax.process_index() == 0:
     print(f"{result.status} at step {result.step}", flush=True)
   return result
+
+
+def define_export_flags():
+  """The flags of every `python -m <system>.export` (--workdir and --out required); a system adds its own after."""
+  flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/).")
+  flags.DEFINE_string("out", None, "Release directory to write.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of the written tensors.")
+  flags.mark_flags_as_required(["workdir", "out"])
+
+
+def export_main(export: Callable, **extra):
+  """Body of an export entry point: export(workdir, out, step=, dtype=, **extra) -> the release directory, printed."""
+  print(export(FLAGS.workdir, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype, **extra), flush=True)

@@ -94,20 +94,11 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
   return out
 
 
-def define_flags():
-  flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/).")
-  flags.DEFINE_string("out", None, "Release directory to write.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of the written tensors.")
-  flags.DEFINE_string("refiner", None, "A refiner workdir: also write its PEFT adapter under R/refiner.")
-
-
 def main():
-  f = cli.FLAGS
-  print(export(f.workdir, f.out, step=f.step, dtype=f.dtype, refiner=f.refiner), flush=True)
+  cli.export_main(export, refiner=cli.FLAGS.refiner)
 
 
 if __name__ == "__main__":
-  define_flags()
-  flags.mark_flags_as_required(["workdir", "out"])
+  cli.define_export_flags()
+  flags.DEFINE_string("refiner", None, "A refiner workdir: also write its PEFT adapter under R/refiner.")
   cli.run(main)

@@ -12,12 +12,8 @@ from vsr_pin_jax.evaluate import make_hooks
 from vsr_pin_jax.task import make_task
 
 
-def attach_hooks(cfg, task):
-  task.eval_fn, task.sample_fn = make_hooks(cfg, task)
-
-
 def main():
-  cli.train_main(make_task, attach_hooks)
+  cli.train_main(make_task, make_hooks)
 
 
 if __name__ == "__main__":
