@@ -14,6 +14,8 @@ the corpus is fixed):
   single_s0/_s1       single CSV2S: the processor trains from scratch inside stage 2
   unicue_no_pose      UniCUE++ (reads csr_no_pose)        unicue_no_align  UniCUE‡ (reads csr_no_align)
   unicue_no_adapter   UniCUE*: Z_mv straight into the UNet's cross-attention (reads csr_s0)
+  unicue_aligned, single_aligned   not the paper's: the adapter output also enters the UNet input frame-aligned
+                      (configs/unicue/tiny.py word `aligned`, model.concat_condition)
 A row runs its dependencies first if their releases are missing; finished rows (W/<row>/eval/*.json) are skipped,
 interrupted ones resume from their checkpoints. Each step is a subprocess; --taskset N pins them to one core.
 """
@@ -39,13 +41,17 @@ ROWS = {
     "unicue_no_pose": ("v2s,no_pose", "v2s", 0, "csr_no_pose"),
     "unicue_no_align": ("v2s,no_align", "v2s", 0, "csr_no_align"),
     "unicue_no_adapter": ("v2s,no_adapter", "v2s", 0, "csr_s0"),
+    "unicue_aligned": ("v2s,aligned", "v2s", 0, "csr_s0"),
+    "single_aligned": ("v2s,single,aligned", "v2s", 0, None),
 }
 LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), seed 1",
           "csr_no_pose": "CSR++ (no pose stream)", "csr_no_align": "CSR‡ (no alignment pool)",
           "csr_lips": "lips alone", "csr_hand": "hand alone", "vae": "mel VAE round trip",
           "unicue_s0": "UniCUE, seed 0", "unicue_s1": "UniCUE, seed 1", "single_s0": "single CSV2S, seed 0",
           "single_s1": "single CSV2S, seed 1", "unicue_no_pose": "UniCUE++ (no pose stream)",
-          "unicue_no_align": "UniCUE‡ (no alignment pool)", "unicue_no_adapter": "UniCUE* (no VPA adapter)"}
+          "unicue_no_align": "UniCUE‡ (no alignment pool)", "unicue_no_adapter": "UniCUE* (no VPA adapter)",
+          "unicue_aligned": "UniCUE + frame-aligned condition (ours)",
+          "single_aligned": "single CSV2S + frame-aligned condition (ours)"}
 
 
 def run(cmd: list[str], log: str, core: int | None):

@@ -31,22 +31,9 @@ import numpy as np
 from shared import cli
 
 
-def _flat(tree, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    key = f"{prefix}{k}"
-    if hasattr(v, "items"):
-      out.update(_flat(v, key + "/"))
-    else:
-      out[key] = np.asarray(v)
-  return out
-
-
 def _save(path: str, tree: dict, dtype, meta: dict):
-  from safetensors.numpy import save_file
-  cast = (lambda x: x) if dtype is None else (lambda x: np.asarray(jax.numpy.asarray(x, dtype)))
-  save_file({k: np.ascontiguousarray(cast(v)) for k, v in _flat(tree).items()}, path,
-            metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+  from shared.weights.init import save_params
+  save_params(path, tree, dtype=dtype, metadata=meta)
 
 
 def write_release(params, c, out: str, *, dtype=None) -> dict:

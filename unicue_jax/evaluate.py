@@ -22,6 +22,9 @@ prints ONE JSON line, also written to DIR/eval/<step>.json (+ <step>_<split>_*.t
                     clips: ~0.17 vs ~-0.26 other; a formant voice of another speaker ~-0.1)
        stoi         (--stoi; needs pystoi) STOI of Griffin-Lim audio from the generated mel against the real
                     audio, and stoi_real: Griffin-Lim of the real mel (no trained vocoder exists here)
+       eps_mse      ε-prediction MSE of held-out latents at t = 100/300/500/700 with the clip's own condition;
+                    eps_mse_shuffled / eps_mse_zero: with the next clip's / a zero condition (`condition_use`:
+                    equal values mean the UNet ignores the video)
   --tts (csr) the CSR -> TTS stand-in (shared/data/synthcue_tts.py: the decoded transcript spoken in the cuer's
        voice over the clip's length, not seeing the video) scored like v2s without the VAE: tts_ser, tts_ser_chance,
        tts_ser_real (the real clips, same templates), tts_sync, tts_sync_shuffled, tts_sync_real
@@ -254,7 +257,54 @@ def metrics_for(task, variables, cfg, split: str, n: int, *, seed: int = 0, with
   if stage == "vae":
     return vae_metrics(task, variables, cfg, split, n), []
   rows = generate_clips(task, variables, cfg, split, n, seed)
-  return v2s_metrics(task, variables, cfg, rows, with_stoi=with_stoi), rows
+  metrics = v2s_metrics(task, variables, cfg, rows, with_stoi=with_stoi)
+  metrics.update(condition_use(task, variables, cfg, split, n, seed))
+  return metrics, rows
+
+
+def condition_use(task, variables, cfg, split: str, n: int, seed: int = 0,
+                  timesteps: tuple[int, ...] = (100, 300, 500, 700)) -> dict:
+  """Does the UNet use its visual condition? The ε-prediction MSE on held-out clips (latents of their real mel,
+  fixed noise, the given timesteps, averaged) with each clip's own condition (eps_mse), with the next clip's
+  (eps_mse_shuffled) and with a zero condition (eps_mse_zero). Equal values: the model ignores the video."""
+  import jax
+  import jax.numpy as jnp
+  from shared.diffusion import audioldm_schedule, q_sample
+  from unicue_jax import data as data_lib
+  from unicue_jax.model import UniCueV2S
+  from unicue_jax.task import _cached, normalize_mel
+  model, schedule = task.model, audioldm_schedule()
+
+  def mses(v, mel, video, pose_maps, mask, noise):
+    mean, _ = model.apply(v, normalize_mel(mel, cfg.data), method=UniCueV2S.encode_mel)
+    z0 = mean * v["params"]["latent_scale"]
+    ctx, labels = model.apply(v, video, pose_maps, mask, method=UniCueV2S.condition)
+    conds = {"": (ctx, labels, mask), "_shuffled": jax.tree.map(lambda a: jnp.roll(a, 1, 0), (ctx, labels, mask)),
+             "_zero": (jnp.zeros_like(ctx), None if labels is None else jnp.zeros_like(labels), mask)}
+    out = {}
+    for name, (c, lab, m) in conds.items():
+      errs = []
+      for i, t in enumerate(timesteps):
+        tt = jnp.full((z0.shape[0],), t, jnp.int32)
+        eps = model.apply(v, q_sample(schedule, z0, noise[i], tt), tt, c, lab, m, method=UniCueV2S.denoise)
+        errs.append(jnp.mean(jnp.square(eps - noise[i]), axis=(1, 2, 3)))
+      out[name] = jnp.mean(jnp.stack(errs), 0)                                     # [B]
+    return out
+  run = _cached(("condition_use", model, timesteps), lambda: jax.jit(mses))
+  sums, count = {}, 0
+  rng = np.random.default_rng(seed)
+  for batch, infos in data_lib.eval_batches(cfg.data, None, split, n, int(cfg.data.eval_batch_size), task.parts):
+    mel = jnp.asarray(batch["mel"])
+    f = 2 ** (len(model.config.vae.block_out_channels) - 1)
+    shape = (len(timesteps), mel.shape[0], mel.shape[1] // f, 64 // f, model.config.vae.latent_channels)
+    noise = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+    out = run(variables, mel, jnp.asarray(batch["video"]), jnp.asarray(batch["pose_maps"]),
+              jnp.asarray(batch["video_mask"]), noise)
+    k = len(infos)
+    for name, v in out.items():
+      sums[name] = sums.get(name, 0.0) + float(np.asarray(v)[:k].sum())
+    count += k
+  return {f"eps_mse{name}": v / max(count, 1) for name, v in sums.items()}
 
 
 def make_hooks(cfg, task):

@@ -29,17 +29,6 @@ from absl import flags
 from shared import cli
 
 
-def _flat(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    key = f"{prefix}{k}"
-    if hasattr(v, "items"):
-      out.update(_flat(v, key + "/"))
-    else:
-      out[key] = np.asarray(v)
-  return out
-
-
 def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "float32", refiner: str | None = None
            ) -> str:
   from safetensors.numpy import save_file
@@ -48,6 +37,7 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
   from shared.models.sanm import CTCHead, SANMDecoder, SANMEncoder
   from shared.nn.resnet import Conv3dResNet
   from shared.weights import save_pretrained
+  from shared.weights.init import save_params
   from shared.weights.sanm_family import save_funasr
   from vsr_pin_jax.task import make_task
   r = restore(workdir, step)
@@ -73,8 +63,7 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
   files = {"funasr": "funasr/", "frontend": "frontend/", "embed": "embed.safetensors",
            "chars": "tokens/chars.txt", "pinyin": "tokens/pinyin.txt"}
   if c.pinyin:
-    save_file({k: np.ascontiguousarray(cast(v)) for k, v in _flat(p["pinyin_decoder"]).items()},
-              os.path.join(out, "pinyin_decoder.safetensors"))
+    save_params(os.path.join(out, "pinyin_decoder.safetensors"), p["pinyin_decoder"], dtype=np_dtype)
     with open(os.path.join(out, "pinyin_decoder.json"), "w") as f:
       json.dump({k: v for k, v in vars(c.pinyin_mbart()).items() if k not in ("lora", "hf_extra")}, f, indent=1)
     files["pinyin_decoder"] = "pinyin_decoder.safetensors"

@@ -65,12 +65,14 @@ trace (tensors read under a trace would become constants of the program): tracer
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import traverse_util
@@ -291,6 +293,24 @@ def _open(path: str, family: str | None) -> _Source:
             io.SafetensorsReader(path, index_name=f"{fam.weights_name}.safetensors.index.json",
                                  single_name=f"{fam.weights_name}.safetensors"))
   return _Source(fam.name, list(rows), expected, tuple(ignore), _strip_wrappers(reader), tuple(fam.collections))
+
+
+def save_params(path: str, tree, *, dtype=None, metadata: dict | None = None):
+  """Writes a (sub)tree of params as ONE safetensors file in our naming ('/'-joined paths, our layouts): the file
+  family="params" (and any config-less .safetensors path) reads back. dtype: cast the leaves (None: as they are);
+  metadata values that are not strings are JSON-encoded."""
+  from safetensors.numpy import save_file
+  flat = {}
+
+  def walk(t, pre):
+    for k, v in t.items():
+      if _is_mapping(v):
+        walk(v, f"{pre}{k}/")
+      else:
+        flat[f"{pre}{k}"] = np.ascontiguousarray(np.asarray(v if dtype is None else jnp.asarray(v, dtype)))
+  walk(tree, "")
+  meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+  save_file(flat, path, metadata=meta or None)
 
 
 def _ours(reader) -> _Source:

@@ -264,6 +264,7 @@ def test_stage2_reads_both_releases_frozen_and_generates(stage1, vae, stage2, tm
   from unicue_jax.evaluate import evaluate
   step, m = evaluate(wd, n=4)
   assert step == 3 and {"ser", "ser_chance", "ser_real", "sync", "sync_shuffled", "sync_real"} <= set(m)
+  assert np.isfinite([m["eps_mse"], m["eps_mse_shuffled"], m["eps_mse_zero"], m["spk_sim"]]).all(), m
   # infer: a held-out clip written as mp4 + pose .npy -> transcript (stage 1) and speech (stage 2)
   from shared.data.media import write_mp4
   from unicue_jax.infer import infer
