@@ -51,7 +51,8 @@ LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), s
           "single_s1": "single CSV2S, seed 1", "unicue_no_pose": "UniCUE++ (no pose stream)",
           "unicue_no_align": "UniCUE‡ (no alignment pool)", "unicue_no_adapter": "UniCUE* (no VPA adapter)",
           "unicue_aligned": "UniCUE + frame-aligned condition (ours)",
-          "single_aligned": "single CSV2S + frame-aligned condition (ours)"}
+          "single_aligned": "single CSV2S + frame-aligned condition (ours)",
+          "unicue_aligned_long": "UniCUE + frame-aligned condition (ours), 2,500 steps"}
 
 
 def run(cmd: list[str], log: str, core: int | None):
@@ -95,9 +96,11 @@ def fmt(x, nd=3):
 
 
 def report(out: str) -> str:
-  lines = ["| row | CSR CER | speech SER (chance / real) | sync (shuffled / real) | speaker sim (other / real) | steps |",
-           "|---|---|---|---|---|---|"]
-  for row in ROWS:
+  lines = ["| row | CSR CER | speech SER (chance / real) | sync (shuffled / real) | speaker sim (other / real) "
+           "| ε-MSE own / shuffled / zero condition | steps |", "|---|---|---|---|---|---|---|"]
+  extra = sorted(os.path.basename(os.path.dirname(os.path.dirname(p))) for p in glob.glob(f"{out}/*/eval/*.json")
+                 if not os.path.islink(os.path.dirname(os.path.dirname(p))))
+  for row in list(ROWS) + [r for r in dict.fromkeys(extra) if r not in ROWS]:
     ev = evals(out, row)
     if not ev:
       continue
@@ -106,12 +109,14 @@ def report(out: str) -> str:
     sync = f"{fmt(e.get('sync'))} ({fmt(e.get('sync_shuffled'))} / {fmt(e.get('sync_real'))})" if "sync" in e else ""
     cer = fmt(e.get("cer")) if "cer" in e else (f"l1 {fmt(e.get('l1'))}" if "l1" in e else "")
     spk = f"{fmt(e.get('spk_sim'))} ({fmt(e.get('spk_sim_other'))} / {fmt(e.get('spk_sim_real'))})" if "spk_sim" in e else ""
-    lines.append(f"| {LABELS[row]} | {cer} | {ser} | {sync} | {spk} | {e.get('step')} |")
+    eps = (f"{fmt(e['eps_mse'], 4)} / {fmt(e.get('eps_mse_shuffled'), 4)} / {fmt(e.get('eps_mse_zero'), 4)}"
+           if "eps_mse" in e else "")
+    lines.append(f"| {LABELS.get(row, row)} | {cer} | {ser} | {sync} | {spk} | {eps} | {e.get('step')} |")
     if "tts_ser" in e:
       t = {k[4:]: v for k, v in e.items() if k.startswith("tts_")}
       lines.append(f"| {LABELS[row]} -> TTS stand-in | | {fmt(t['ser'])} ({fmt(t['ser_chance'])} / {fmt(t['ser_real'])}) "
                    f"| {fmt(t.get('sync'))} ({fmt(t.get('sync_shuffled'))} / {fmt(t.get('sync_real'))}) "
-                   f"| {fmt(t.get('spk_sim'))} ({fmt(t.get('spk_sim_other'))} / {fmt(t.get('spk_sim_real'))}) | |")
+                   f"| {fmt(t.get('spk_sim'))} ({fmt(t.get('spk_sim_other'))} / {fmt(t.get('spk_sim_real'))}) | | |")
   return "\n".join(lines)
 
 
