@@ -180,22 +180,6 @@ def metrics_for(task, variables, cfg, split: str, n: int, *, seed: int = 0) -> d
   return editor_metrics(task, variables, cfg, split, n)
 
 
-def make_hooks(cfg, task):
-  """(eval_fn, sample_fn): held-out metrics every trainer.eval_every steps; flashlips_jax.samples every
-  trainer.sample_every steps."""
-  split, n = cfg.data.eval_split, int(cfg.data.eval_samples)
-  if cfg.model.stage == "pose":
-    n = min(n, int(cfg.sampling.score_clips))
-
-  def eval_fn(variables, step):
-    del step
-    m = metrics_for(task, variables, cfg, split, n)
-    return {k: v for k, v in m.items() if isinstance(v, float)}
-
-  from flashlips_jax.samples import make_sample_fn
-  return eval_fn, make_sample_fn(cfg, task)
-
-
 def evaluate(workdir: str, *, split: str = "test", n: int = 32, step: int | None = None, seed: int = 0):
   """-> (step, metrics)."""
   from shared.checkpoint import restore

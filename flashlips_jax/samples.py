@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from flashlips_jax import evaluate as ev
+
 
 def _up(img: np.ndarray, k: int = 4) -> np.ndarray:
   return np.repeat(np.repeat(img, k, axis=-3), k, axis=-2)
@@ -44,7 +46,6 @@ def editor_samples(task, variables, cfg, out_dir: str, n: int = 8) -> str:
 def pose_samples(task, variables, cfg, out_dir: str, n: int = 4) -> list[str]:
   from PIL import Image
   from shared.data.media import write_mp4
-  from flashlips_jax import evaluate as ev
   rows = ev.resync_clips(task, variables, cfg, cfg.data.eval_split, n)
   os.makedirs(out_dir, exist_ok=True)
   paths, lines = [], []
@@ -80,3 +81,18 @@ def make_sample_fn(cfg, task):
       editor_samples(task, variables, cfg, out_dir)
 
   return sample_fn
+
+
+def make_hooks(cfg, task):
+  """(eval_fn, sample_fn) for the trainer: held-out metrics (flashlips_jax.evaluate) every trainer.eval_every
+  steps; the samples above every trainer.sample_every steps."""
+  split, n = cfg.data.eval_split, int(cfg.data.eval_samples)
+  if cfg.model.stage == "pose":
+    n = min(n, int(cfg.sampling.score_clips))
+
+  def eval_fn(variables, step):
+    del step
+    m = ev.metrics_for(task, variables, cfg, split, n)
+    return {k: v for k, v in m.items() if isinstance(v, float)}
+
+  return eval_fn, make_sample_fn(cfg, task)

@@ -13,7 +13,7 @@ re-synced mp4s with the new speech, frame strips, sync.txt). Resumes from DIR/ch
 from __future__ import annotations
 
 from shared import cli
-from flashlips_jax.evaluate import make_hooks
+from flashlips_jax.samples import make_hooks
 from flashlips_jax.task import make_task
 
 
