@@ -29,13 +29,16 @@ INSTALL = [
     "scipy",
     "einops",
     "tqdm",
+    "matplotlib",                   # plots: scaling fits, sync curves
 ]
 
 EXTRAS = {
     # torch must be installed first (`pip install torch==2.13.0`) so the CPU build is used.
     "test": ["pytest>=8", "pytest-xdist", "torch", "diffusers>=0.35", "peft>=0.15", "sentencepiece",
              "python_speech_features", "kaldi-native-fbank",
-             "speechmos", "onnxruntime", "Resemblyzer", "setuptools<81"],
+             "speechmos", "onnxruntime", "Resemblyzer", "setuptools<81",
+             # the swin3d_t oracle; pairs with torch 2.13 (a CUDA build: shared/torch_compat.py imports it safely)
+             "torchvision==0.28.*"],
     "torch": ["torch", "safetensors"],
     "cuda": ["jax[cuda13]"],
     "tpu": ["jax[tpu]"],

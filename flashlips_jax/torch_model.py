@@ -24,6 +24,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shared.torch_compat import import_torchvision
+
+import_torchvision()   # before diffusers: a CUDA-built torchvision on a CPU torch would break its imports
+
 
 def _tensors(path: str) -> tuple[dict, dict]:
   from safetensors import safe_open

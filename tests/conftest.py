@@ -9,6 +9,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+
+
+from shared.torch_compat import import_torchvision  # noqa: E402
+
+import_torchvision()   # before transformers / diffusers (a CUDA-built torchvision would break them)
+
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")

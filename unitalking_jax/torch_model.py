@@ -33,8 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.errors import CheckpointError, ConfigError
+from shared.torch_compat import import_torchvision
 from shared.models.wan_dit import WanDiTConfig
 from unitalking_jax.model import UniTalkingConfig, wan_params
+
+import_torchvision()   # before diffusers: a CUDA-built torchvision on a CPU torch would break its imports
 
 REST_FILE = "unitalking_rest.safetensors"
 CONFIG_FILE = "unitalking_config.json"
