@@ -6,6 +6,8 @@
   python -m shared.weights export OUT_DIR HF_DIR [--lora merge|drop] [--adapter-out PEFT_DIR]
       [--max-shard-size 5GB] [--dtype bfloat16]
       -> a directory transformers/diffusers/peft load with from_pretrained
+  python -m shared.weights convert-avhubert --trust-pickle IN.pt OUT_DIR
+      -> config.json + model.safetensors from the official fairseq AV-HuBERT .pt (a pickle: needs the flag)
 
 A bad input (missing or truncated file or shard, unsupported family, mismatching keys/shapes) ends as one
 line `error: <ErrorType>: <message>` on stderr with exit code 2; --verbose (anywhere) adds the traceback.
@@ -87,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--adapter-out")
   p.add_argument("--max-shard-size", default="5GB", type=_size)
   p.add_argument("--dtype", type=_dtype)
+  p = sub.add_parser("convert-avhubert", parents=[verbose], help="fairseq AV-HuBERT .pt -> config.json + safetensors")
+  p.add_argument("src")
+  p.add_argument("out")
+  p.add_argument("--trust-pickle", action="store_true", help="allow reading the .pt (a pickle: it can run code)")
   return ap
 
 
@@ -96,6 +102,11 @@ def _run(args) -> int:
   from shared.weights import io
   if not os.path.exists(args.src):
     raise CheckpointError(f"{args.src} not found (expected a checkpoint directory)")
+  if args.cmd == "convert-avhubert":   # shared/weights/avhubert_family.py
+    from shared.weights import avhubert_family
+    avhubert_family.convert(args.src, args.out, trust_pickle=args.trust_pickle)
+    print(f"converted {args.src} -> {args.out}")
+    return 0
   if args.cmd == "inspect":
     module, params = weights.load_pretrained(args.src)
     print(type(module).__name__, module.config)
