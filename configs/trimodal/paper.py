@@ -1,0 +1,69 @@
+"""Tri-modal at the paper's size (SPECS.md § Tri-modal): How2Sign (SLT) + LRS3 (VSR / ASR / AVSR).
+
+  sign encoder   Video Swin-T (patch (2, 4, 4), embed 96, depths (2, 2, 6, 2), heads (3, 6, 12, 24), window
+                 (8, 7, 7)), 768-d, one 16-frame clip per frame (25 Hz); ISLR-pretrained on How2Sign in the paper
+  lip encoder    AV-HuBERT Large video path (24 layers, 1024-d, ResNet-18 PReLU front end), 25 Hz
+  audio encoder  Whisper-medium encoder (24 layers, 1024-d, 80 mels), 50 Hz
+  adapters       Conv1d k = stride 2 / 2 / 4 -> 12.5 Hz; concat 768 + 1024 + 1024 = 2816 -> 2944 -> 3072
+  LLM            LLaMA-3.2-3B, LoRA r 16 / alpha 32 (dropout 0.05, MMS-LLaMA) on q, k, v, o
+  schedule       tri-stage, peak 1e-4: stage 1 (VSR + SLT) 18K warm-up / 36K decay; stage 2 (all four) 500 /
+                 29.5K; init / final ratio not in the paper: fairseq's tri_stage defaults (0.01 / 0.01)
+  batches        at most 1,250 video frames per device (8 x A6000 in the paper), length-bucketed
+
+Pretrained weights (local directories; empty = not read): --config.init.sign.path=DIR (a swin3d directory:
+config.json + safetensors, `python -m shared.weights import` of the ISLR Swin-T state dict),
+--config.init.lip.path=DIR (AV-HuBERT Large converted to safetensors: the official .pt is a pickle, converted
+only behind an explicit --trust-pickle, see shared/weights/avhubert_family.py), --config.init.audio.path=DIR
+(openai/whisper-medium or whisper-medium.en, a transformers directory: the encoder is read),
+--config.init.llm.path=DIR (meta-llama/Llama-3.2-3B, transformers directory) and --config.tokenizer.path=DIR
+(the same LLaMA directory).
+`python -m trimodal_jax.train --config configs/trimodal/paper.py:stage1 --workdir W ...` (a later step).
+"""
+import ml_collections
+
+from configs.trimodal.tiny import RATIOS, parse_stage
+from configs.trimodal.tiny import get_config as tiny_config
+from shared.config import model_section
+from trimodal_jax.model import TriModalConfig, llama32_3b
+
+
+def get_config(arg: str = ""):
+  stage = parse_stage(arg)
+  c = tiny_config(stage)
+  warm, decay = {"stage1": (18_000, 36_000), "stage2": (500, 29_500)}[stage]
+  c.trainer.update(dict(total_steps=warm + decay, batch_size=8, log_every=100, eval_every=2000, remat="full"))
+  c.trainer.optimizer.update(dict(name="adamw", learning_rate=1e-4, weight_decay=0.0))
+  c.trainer.schedule.update(dict(name="tri_stage", warmup_steps=warm, hold_steps=0, decay_steps=decay,
+                                 init_ratio=0.01, final_ratio=0.01))
+  c.trainer.precision.compute_dtype = "bfloat16"
+  c.trainer.checkpoint.update(dict(every_steps=2000, keep=3))
+  c.trainer.mesh.update(dict(data=-1, fsdp=8))
+  c.data = ml_collections.ConfigDict(dict(
+      source="how2sign+lrs3", how2sign_root="", lrs3_root="", fps=25, sample_rate=16000,
+      sign_size=224, lip_size=96, crop=88, flip=True, n_mels=80, word_drop=(0.0, 0.2),
+      babble_p=0.75, babble_snr=(-5, 0, 5, 10, 15, 20), babble_path="",       # NOISEX babble (a local file)
+      max_frames_per_device=1250, frame_buckets=(100, 200, 300, 400, 600), label_buckets=(32, 64, 128),
+      eval_split="test", eval_samples=0))
+  c.tasks = ml_collections.ConfigDict(RATIOS[stage])
+  t = c.trainer
+  dt = t.precision.get_ref("compute_dtype")
+  remat = t.get_ref("remat")
+  c.model = model_section(
+      TriModalConfig,
+      sign=dict(patch_size=(2, 4, 4), embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                window_size=(8, 7, 7), mlp_ratio=4.0, in_channels=3, stochastic_depth_prob=0.0, clip_window=16,
+                clip_stride=1, clip_padding="same", dtype=dt, remat_policy=remat),
+      lip=dict(layers=24, dim=1024, ffn=4096, heads=16, conv_pos=128, conv_pos_groups=16,
+               resnet=dict(block="basic", layers=(2, 2, 2, 2), act="prelu", width=64, stem="conv3d", dtype=dt),
+               dtype=dt, remat_policy=remat),
+      audio=dict(num_mel_bins=80, d_model=1024, encoder_layers=24, encoder_attention_heads=16, encoder_ffn_dim=4096,
+                 max_source_positions=1500, dtype=dt, remat_policy=remat),
+      llm={**{f: getattr(llama32_3b(), f) for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                                                     "num_heads", "num_kv_heads", "head_dim", "rms_eps", "rope_theta",
+                                                     "rope_scaling", "tie_embeddings", "max_position_embeddings",
+                                                     "family", "bos_token_id", "eos_token_id")},
+           "dtype": dt, "param_dtype": t.precision.get_ref("param_dtype"), "remat_policy": remat},
+      lora=dict(rank=16, alpha=32.0, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj")),
+      sign_stride=2, lip_stride=2, audio_stride=4, mapping_hidden=0, mapping_act="relu", dtype=dt)
+  c.decode.max_new_tokens = 128
+  return c
