@@ -38,7 +38,10 @@ EXTRAS = {
              "python_speech_features", "kaldi-native-fbank",
              "speechmos", "onnxruntime", "Resemblyzer", "setuptools<81",
              # the swin3d_t oracle; pairs with torch 2.13 (a CUDA build: shared/torch_compat.py imports it safely)
-             "torchvision==0.28.*"],
+             "torchvision==0.28.*",
+             # libtpu: shared.scaling compile lowers train steps for TPU slices on a CPU (tests/scaling/test_aot.py);
+             # inert unless JAX_PLATFORMS allows "tpu" (the suite sets cpu)
+             "jax[tpu]"],
     "torch": ["torch", "safetensors"],
     "cuda": ["jax[cuda13]"],
     "tpu": ["jax[tpu]"],

@@ -137,8 +137,26 @@ def make_task(cfg, poison_steps=()) -> train_lib.Task:
     it = make_iterator(source, global_batch=cfg.trainer.batch_size, seed=cfg.trainer.seed)
     return _Poisoned(it, poison_steps) if poison_steps else it
 
+  held = SortSource(256, m.length, m.vocab, cfg.data.seed + 1000)   # held out: another seed's sequences
+  held_batches = [{k: np.stack([held[i][k] for i in range(j, j + 64)]) for k in ("tokens", "target")}
+                  for j in range(0, len(held), 64)]
+
+  def val_loss(variables) -> float:   # the held-out token loss (shared/scaling/validation.py)
+    from shared.scaling.validation import mean_loss
+    return mean_loss(lambda p, b: loss_fn(p, b, None)[0:1] + (jnp.float32(b["target"].size),),
+                     variables["params"], held_batches)
+
   return train_lib.Task(init_params=init_params, loss_fn=loss_fn, make_train_iter=make_iter,
-                        tokens_per_example=m.length)
+                        tokens_per_example=m.length, val_loss_fn=val_loss)
+
+
+def scale_config(cfg, width: int):
+  """Sweep size rule (shared/scaling): dim = width, heads of 16, mlp 2 x width, depth width / 32 (at least 1),
+  learning rate x (config dim / width). In place; returns cfg."""
+  base = cfg.model.dim
+  cfg.model.update(dict(dim=width, heads=max(1, width // 16), mlp=2 * width, layers=max(1, width // 32)))
+  cfg.trainer.optimizer.learning_rate = float(cfg.trainer.optimizer.learning_rate) * base / width
+  return cfg
 
 
 class _Poisoned:

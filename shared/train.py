@@ -76,6 +76,9 @@ class Task:
   trainable(path) -> bool   '/'-joined param path; None = everything trains
   eval_fn(variables, step) -> dict    sample_fn(variables, step, out_dir)    (host-side hooks;
       variables = {"params": params, **model_state}: running statistics in eval)
+  val_loss_fn(variables) -> float   a low-variance held-out loss (fixed examples, fixed noise and timesteps or
+      the held-out token loss): logged as eval/val_loss with the eval hooks; scaling sweeps read it
+      (shared/scaling/validation.py has the fixed-grid helpers)
   tokens_per_example, flops_per_step (analytic, global): throughput figures
   post_init(params) -> params   fresh starts only (never on resume), after the config's `init` entries:
       e.g. pretrained weights into part of the tree; must keep shapes, dtypes and shardings
@@ -92,6 +95,7 @@ class Task:
   post_init: Callable[[Any], Any] | None = None
   mutable: tuple[str, ...] = ()
   check_config: Callable[[], None] | None = None
+  val_loss_fn: Callable[[Any], float] | None = None
 
 
 @flax.struct.dataclass
@@ -597,13 +601,14 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
           consume(pending)
           pending = None
           flush(step)
-        due_eval = bool(t.eval_every and step % t.eval_every == 0 and task.eval_fn is not None)
+        due_eval = bool(t.eval_every and step % t.eval_every == 0
+                        and (task.eval_fn is not None or task.val_loss_fn is not None))
         due_sample = bool(t.sample_every and step % t.sample_every == 0 and task.sample_fn is not None)
         # the checkpoint first: a host-side hook that fails (or is killed) never costs the steps since the last save
         if (t.checkpoint.every_steps and step % t.checkpoint.every_steps == 0) or due_eval or due_sample:
           ckpt.save(step, state, data_iter, cfg_json)
         if due_eval:
-          got = run_hook("eval", step, lambda: task.eval_fn(state.variables, step))
+          got = run_hook("eval", step, lambda: _eval_metrics(task, state.variables, step))
           if got is not None:
             metrics.write(step, {k: float(v) for k, v in got.items()}, prefix="eval/")
         if due_sample:
@@ -624,6 +629,14 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
   if lead and status == "done" and t_start is not None:
     log.info("done: %d steps in %s", step - step_start, _fmt_time(time.perf_counter() - t_start))
   return Result(state=state, status=status, step=step, resumed_from=resumed_from)
+
+
+def _eval_metrics(task: Task, variables, step: int) -> dict:
+  """The eval hook's metrics, plus val_loss when the task has a val_loss_fn."""
+  got = dict(task.eval_fn(variables, step) or {}) if task.eval_fn is not None else {}
+  if task.val_loss_fn is not None:
+    got["val_loss"] = float(task.val_loss_fn(variables))
+  return got
 
 
 def _stop_requested(signals: _Signals, step: int, every: int) -> bool:

@@ -198,6 +198,62 @@ def check_config(cfg) -> None:
   data_lib.text_kind(cfg)   # data.text agrees with model.text_vocab
 
 
+def make_val_loss(cfg, model: UniTalking):
+  """Task.val_loss_fn: the joint T2AV flow-matching loss (video MSE + audio_weight x audio MSE, text kept, no
+  reference, no dropout) on the first `validation.clips` clips of split `validation.split` ("validation":
+  unseen clips of the training speakers, the in-distribution loss scaling laws are fitted to; "test": the
+  held-out speakers), at `validation.sigmas` fixed noise levels (the midpoints of (0, 1)) with fixed noise:
+  the same inputs in every evaluation of every run (shared/scaling/validation.py). Prepared on first use."""
+  v = cfg.get("validation") or {}
+  clips, levels, seed = int(v.get("clips", 32)), int(v.get("sigmas", 8)), int(v.get("seed", 0))
+  split = str(v.get("split", "validation"))
+  aw = float(cfg.objective.audio_weight)
+  held = []
+
+  def loss_at(params, batch, sigma, key):
+    video, audio = batch["video"], batch["audio"]
+    b = video.shape[0]
+    k_v, k_a = jax.random.split(key)
+    noise_v = jax.random.normal(k_v, video.shape, jnp.float32)
+    noise_a = jax.random.normal(k_a, audio.shape, jnp.float32)
+    sig_v = jnp.broadcast_to(sigma[:, None], video.shape[:2])
+    xv, xa = interpolate(video, noise_v, sig_v), interpolate(audio, noise_a, sigma)
+    text, tmask = batch_text(batch)
+    t_v = frame_to_token(sig_v * NUM_TRAIN_TIMESTEPS, model.config, video.shape[2], video.shape[3])
+    pv, pa = model.apply({"params": params}, xv, xa, t_v, sigma * NUM_TRAIN_TIMESTEPS, text, tmask,
+                         jnp.zeros_like(batch["ref"]))
+    loss = flow_matching_loss(pv, video, noise_v) + aw * flow_matching_loss(pa, audio, noise_a)
+    return loss * b, jnp.float32(b)
+
+  def val_loss(variables) -> float:
+    from shared.scaling.validation import fixed_batches, grid_loss, sigma_grid
+    if not held:
+      src = data_lib.source(cfg, split)
+      examples = [data_lib.prepare(src[i], cfg, seed) for i in range(min(clips, len(src)))]
+      batches = fixed_batches(examples, data_lib.collate, 8)
+      held.extend({k: x for k, x in b.items() if k != "mouth_open"} for b in batches)
+    return grid_loss(loss_at, variables["params"], held, sigma_grid(levels), seed)
+
+  return val_loss
+
+
+def scale_config(cfg, width: int):
+  """The sweep's size rule (shared/scaling): a model of `width` channels, heads of 32 (width / 32 of them),
+  feed-forward 2 x width in both streams, depth width / 32 (a fixed aspect ratio, as in Kaplan et al.'s
+  sweeps; the tiny config is width 128 = 4 layers), learning rate scaled as (the config's width) / width (the
+  μP-style width rule for Adam on hidden matrices, applied to all). Changes cfg in place and returns it."""
+  from shared.errors import ConfigError
+  if width % 32 or width < 32:
+    raise ConfigError(f"unitalking sweep size {width}: the width must be a positive multiple of 32 (heads of 32)")
+  c = cfg
+  base = c.model.video.num_attention_heads * c.model.video.attention_head_dim
+  c.model.video.update(dict(num_attention_heads=width // 32, attention_head_dim=32, ffn_dim=2 * width,
+                            num_layers=max(1, width // 32)))
+  c.model.audio_ffn_dim = 2 * width
+  c.trainer.optimizer.learning_rate = float(c.trainer.optimizer.learning_rate) * base / width
+  return c
+
+
 def make_task(cfg, model: UniTalking | None = None) -> train_lib.Task:
   """The trainer's Task; task.model, task.generate(params, batch, task_name, seed) for sampling / evaluation.
   Media (clips, sync plots) are written by unitalking_jax/samples.py, not here."""
@@ -232,4 +288,27 @@ def make_task(cfg, model: UniTalking | None = None) -> train_lib.Task:
   task = train_lib.Task(init_params=init_params, loss_fn=make_loss(cfg, model), make_train_iter=make_iter,
                         trainable=(lambda p: any(p.startswith(x) for x in prefixes)), post_init=post_init)
   task.model, task.generate = model, generate
+  task.val_loss_fn = make_val_loss(cfg, model)
   return task
+
+
+def batch_spec(cfg) -> dict:
+  """The GLOBAL training batch of cfg.trainer.batch_size as jax.ShapeDtypeStruct, exactly as the data pipeline
+  (data_lib.prepare + collate) yields it; for ahead-of-time compiles (shared/scaling/aot.py), no data built.
+  T = data.frames, S = the model frame side (face crop or frame), f = data.pixel_factor, L = data.text_len:
+    video [B, T, S/f, S/f, video_pca] f32, audio [B, 4 T, audio_pca] f32, text [B, L] int32 (pinyin) |
+    [B, L, model.video.text_dim] f32 (umt5), text_mask [B, L] bool, ref [B, T, 4 audio_pca] f32,
+    mouth_open [B, T] f32."""
+  d, b = cfg.data, int(cfg.trainer.batch_size)
+  t, side, f = int(d.frames), data_lib.model_frame_size(cfg), int(d.pixel_factor)
+  if side % f:
+    raise ConfigError(f"data frame side {side} (face_crop / frame_size) is not a multiple of data.pixel_factor {f}")
+  s, ca = int(d.text_len), int(d.audio_pca)
+  text = (b, s) if data_lib.text_kind(cfg) == "pinyin" else (b, s, int(cfg.model.video.text_dim))
+  spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, jnp.dtype(dt))  # noqa: E731
+  return {"video": spec((b, t, side // f, side // f, int(d.video_pca)), jnp.float32),
+          "audio": spec((b, data_lib.MEL_PER_FRAME * t, ca), jnp.float32),
+          "text": spec(text, jnp.int32 if len(text) == 2 else jnp.float32),
+          "text_mask": spec((b, s), jnp.bool_),
+          "ref": spec((b, t, data_lib.MEL_PER_FRAME * ca), jnp.float32),
+          "mouth_open": spec((b, t), jnp.float32)}

@@ -69,6 +69,9 @@ def get_config(arg: str = ""):
   c.stage = ml_collections.ConfigDict(dict(
       # 1 = audio-branch TTS pretraining (audio stream alone, every non-audio parameter frozen); 2 = joint
       number=2, trainable=("",)))  # param-path prefixes that train ("" = everything)
+  # Task.val_loss_fn (scaling sweeps, eval/val_loss): joint T2AV flow-matching loss on fixed clips, fixed σ grid
+  # and noise; split "validation" = unseen clips of the training speakers, "test" = the held-out speakers
+  c.validation = ml_collections.ConfigDict(dict(split="validation", clips=32, sigmas=8, seed=0))
   c.sampling = ml_collections.ConfigDict(dict(
       sampler="euler", steps=25, shift=3.0, text_scale=5.0, ref_scale=1.0, num=4, griffin_lim_iters=32,
       score_clips=32))  # sync.txt scores this many held-out clips (16 vary by ~0.1); media for the first `num`
