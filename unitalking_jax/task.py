@@ -289,7 +289,16 @@ def make_task(cfg, model: UniTalking | None = None) -> train_lib.Task:
                         trainable=(lambda p: any(p.startswith(x) for x in prefixes)), post_init=post_init)
   task.model, task.generate = model, generate
   task.val_loss_fn = make_val_loss(cfg, model)
+  task.tokens_per_example = tokens_per_example(cfg, model)
   return task
+
+
+def tokens_per_example(cfg, model: UniTalking) -> int:
+  """Transformer tokens of one training example: video latent patches + audio tokens (throughput, sweeps)."""
+  spec = batch_spec(cfg)
+  _, t, h, w, _ = spec["video"].shape
+  p = model.config.video.patch_size
+  return int((t // p[0]) * (h // p[1]) * (w // p[2]) + spec["audio"].shape[1] // model.config.audio_patch)
 
 
 def batch_spec(cfg) -> dict:

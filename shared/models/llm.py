@@ -67,8 +67,9 @@ class LLMConfig:
     if self.num_heads % self.num_kv_heads:
       raise ConfigError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
     check_remat_policy(self.remat_policy)
-    if isinstance(self.rope_scaling, dict):
-      object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
+    # a dict (HF rope_parameters), or pairs read back from JSON as lists (a checkpoint's config): hashable pairs
+    scaling = self.rope_scaling.items() if isinstance(self.rope_scaling, dict) else (self.rope_scaling or ())
+    object.__setattr__(self, "rope_scaling", tuple(sorted(tuple(p) for p in scaling)))
     if isinstance(self.eos_token_id, int):
       object.__setattr__(self, "eos_token_id", (self.eos_token_id,))
     object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id or ()))

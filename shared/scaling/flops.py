@@ -128,14 +128,16 @@ def task_flops(cfg, task, batch_spec: dict | None = None) -> dict:
   n = int(sum(int(np.prod(x.shape)) for x in flat(params).values()))
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
 
-  if task.mutable:
-    state = {c: variables[c] for c in task.mutable}
-    fwd = lambda p, b, r: task.loss_fn(p, b, r, state)[0]
-  else:
-    fwd = lambda p, b, r: task.loss_fn(p, b, r)[0]
   b_abs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype if hasattr(x, "dtype")
                                                       else np.asarray(x).dtype), batch)
-  count = program_flops(fwd, params, b_abs, rng)
-  once = program_flops(fwd, params, b_abs, rng, loops_once=True)
+  if task.mutable:   # model state (BatchNorm statistics) is traced like the parameters: shapes only
+    state = {c: variables[c] for c in task.mutable}
+    fwd = lambda p, b, r, s: task.loss_fn(p, b, r, s)[0]
+    args = (params, b_abs, rng, state)
+  else:
+    fwd = lambda p, b, r: task.loss_fn(p, b, r)[0]
+    args = (params, b_abs, rng)
+  count = program_flops(fwd, *args)
+  once = program_flops(fwd, *args, loops_once=True)
   return {"flops_per_step": 3.0 * count.flops, "flops_forward": count.flops, "params": n,
           "flops_per_step_loops_once": 3.0 * once.flops, "unknown": sorted(count.unknown)}
