@@ -45,6 +45,7 @@ def get_config(arg: str = ""):
       max_frames_per_device=1250, frame_buckets=(100, 200, 300, 400, 600), label_buckets=(32, 64, 128),
       eval_split="test", eval_samples=0))
   c.tasks = ml_collections.ConfigDict(RATIOS[stage])
+  c.train = ml_collections.ConfigDict(dict(encoders=(), llm="lora"))    # pretrained encoders and LLaMA frozen
   t = c.trainer
   dt = t.precision.get_ref("compute_dtype")
   remat = t.get_ref("remat")

@@ -12,10 +12,12 @@ Model (trimodal_jax/model.py, the paper's figure at small widths):
                  q, k, v, o                                stand-in for LLaMA-3.2-3B (a SynthCue-sentence LM)
 Each stand-in is to be pretrained on SynthCue in the role the paper's pretrained part plays (isolated gloss
 classification, a lip objective, speech recognition, sentence LM) and read through the `init` entries below
-(empty paths: fresh weights). Training (task.py, a later step): stage 1 = VSR + SLT, stage 2 = all four.
-`get_config("stage1" | "stage2")`; the trainer / data sections are placeholders for task.py.
+(empty paths: fresh weights). Training (trimodal_jax/task.py): stage 1 = VSR + SLT, stage 2 = all four.
+`get_config("stage1" | "stage2")`; the data section is read by trimodal_jax/data.py.
 """
 import ml_collections
+
+from shared.errors import ConfigError
 
 from shared.config import model_section, trainer_config
 from shared.weights.init import init_entry
@@ -31,7 +33,7 @@ RATIOS = {"stage1": dict(slt=0.5, vsr=0.5, asr=0.0, avsr=0.0),
 def parse_stage(arg: str) -> str:
   stage = arg or "stage1"
   if stage not in STAGES:
-    raise ValueError(f"configs/trimodal: unknown stage {arg!r} (expected one of {STAGES})")
+    raise ConfigError(f"configs/trimodal: unknown stage {arg!r} (expected one of {STAGES})")
   return stage
 
 
@@ -59,6 +61,10 @@ def get_config(arg: str = ""):
       max_frames_per_device=400, frame_buckets=(32, 48, 64, 96), label_buckets=(8, 16, 24),
       eval_split="test", eval_samples=64))
   c.tasks = ml_collections.ConfigDict(RATIOS[stage])
+  # what trains (trimodal_jax/task.py): adapters + mapping always; the LLM: "lora" (only the LoRA factors, as the
+  # paper) or "all"; the encoders named here. The tiny stand-ins start fresh (empty init paths), so all of them
+  # train; with pretrained stand-ins read through `init`, set encoders=() and llm="lora" (paper.py does)
+  c.train = ml_collections.ConfigDict(dict(encoders=("sign", "lip", "audio"), llm="all"))
   t = c.trainer
   dt = t.precision.get_ref("compute_dtype")
   remat = t.get_ref("remat")
