@@ -183,6 +183,13 @@ def stack(samples):
   return {k: np.stack([s[k] for s in samples]) for k in ("input_ids", "labels")}
 
 
+def batch_spec(cfg) -> dict:
+  """The global training batch as jax.ShapeDtypeStruct (shared.scaling compile: no records are read):
+  input_ids, labels [trainer.batch_size, data.max_len] int32."""
+  shape = (int(cfg.trainer.batch_size), int(cfg.data.max_len))
+  return {k: jax.ShapeDtypeStruct(shape, jnp.int32) for k in ("input_ids", "labels")}
+
+
 # --------------------------------------------------------------------------- loss, generation
 
 def token_nll(model: LLM, params, batch, rng=None, deterministic: bool = True):

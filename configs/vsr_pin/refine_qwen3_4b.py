@@ -21,6 +21,7 @@ def get_config(arg: str = ""):
   del arg
   c = ml_collections.ConfigDict()
   c.stage = "lora"
+  c.task_module = "vsr_pin_jax.refiner"   # shared.scaling (compile / flops): the refiner's make_task, batch_spec
   c.model_dir = ""
   c.trainer = trainer_config(
       total_steps=3000, batch_size=16, log_every=10, eval_every=500,
