@@ -9,6 +9,16 @@ model_dir: the local transformers directory (config.json, safetensors, tokenizer
 both tokenizer.path and init.base.path refer to it (override either alone if they differ). The model section holds
 Qwen3-4B-Instruct-2507's sizes; the trainer checks them against model_dir/config.json before any data is read.
 Paper: LoRA rank 8, alpha 32, lr 1e-4 (ms-swift); targets: the attention projections.
+
+Measured memory (shared/scaling/aot.py: the real train step compiled by libtpu's XLA:TPU for the slice, abstract
+shapes; the checks of make_task satisfied by stand-ins: a saved character tokenizer, a config.json of these sizes,
+an empty records file; `python -m shared.scaling compile --config configs/vsr_pin/refine_qwen3_4b.py --topology
+v5p-8 --config.tokenizer.path=TOK --config.init.base.path=BASE --config.data.train_records=R --config.trainer.eval_every=0`):
+v5p-8 (4 chips, mesh data=4, 4 sequences of 512 per chip, remat full, bf16 compute): 4.03 B parameters (5.9 M LoRA
+trainable), TrainState 15.05 GiB per chip (float32 base replicated; Adam on LoRA only), temp 9.85 GiB -> peak
+24.90 GiB of 95 GiB: fits. FLOPs: analytic 2.05e14 per step (6 N D = 1.98e14 + attention); XLA (layer scan
+counted once) 1.76e13 global vs the analytic count taken the same way 2.43e13 (1.38x: the bf16 configs show
+1.38-1.50, the float32 ones 0.93-1.04; not explained).
 """
 import ml_collections
 
