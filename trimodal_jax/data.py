@@ -150,8 +150,11 @@ def tokenizer(cfg):
   path = str(cfg.tokenizer.path or "")
   if not path and d.source != "synthcue":
     raise ConfigError(f"tokenizer.path is empty: data.source={d.source!r} needs a tokenizer directory (the LLM's)")
-  tok = _tokenizer(path, int(d.seed), int(d.lexicon_size), int(d.max_homophones), int(d.n_speakers),
-                   float(d.shared_sign_fraction))
+  if path:   # a real data section has no SynthCue world fields
+    tok = _tokenizer(path, 0, 0, 0, 0, 0.0)
+  else:
+    tok = _tokenizer(path, int(d.seed), int(d.lexicon_size), int(d.max_homophones), int(d.n_speakers),
+                     float(d.shared_sign_fraction))
   if tok.eos_token_id is None:
     raise ConfigError(f"tokenizer.path={path!r}: the tokenizer has no eos token (targets end with it)")
   n = len(tok)
