@@ -141,10 +141,13 @@ def make_task(cfg, poison_steps=()) -> train_lib.Task:
   held_batches = [{k: np.stack([held[i][k] for i in range(j, j + 64)]) for k in ("tokens", "target")}
                   for j in range(0, len(held), 64)]
 
+  def held_out_sums(params, batch):
+    loss_sum, aux = loss_fn(params, batch, None)
+    return loss_sum, aux["weight"]
+
   def val_loss(variables) -> float:   # the held-out token loss (shared/scaling/validation.py)
     from shared.scaling.validation import mean_loss
-    return mean_loss(lambda p, b: loss_fn(p, b, None)[0:1] + (jnp.float32(b["target"].size),),
-                     variables["params"], held_batches)
+    return mean_loss(held_out_sums, variables["params"], held_batches)
 
   return train_lib.Task(init_params=init_params, loss_fn=loss_fn, make_train_iter=make_iter,
                         tokens_per_example=m.length, val_loss_fn=val_loss)

@@ -135,11 +135,8 @@ class TriModalConfig:
     if self.llm.lora is not None and self.llm.lora != lora:
       raise ConfigError(f"model.llm.lora={self.llm.lora!r} differs from model.lora={self.lora!r}: set model.lora "
                         "only (llm.lora stays None)")
-    # a config read back from JSON (a checkpoint's) holds rope_scaling pairs as lists: hashable pairs again
-    scaling = tuple(sorted(tuple(p) for p in (self.llm.rope_scaling.items() if isinstance(self.llm.rope_scaling, dict)
-                                              else self.llm.rope_scaling)))
-    object.__setattr__(self, "llm", self.llm.replace(lora=lora, rope_scaling=scaling,
-                                                     eos_token_id=tuple(self.llm.eos_token_id)))
+    # (LLMConfig itself makes rope_scaling / eos_token_id read back from JSON hashable)
+    object.__setattr__(self, "llm", self.llm.replace(lora=lora))
 
   def replace(self, **kw) -> "TriModalConfig":
     return dataclasses.replace(self, **kw)

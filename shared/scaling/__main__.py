@@ -99,18 +99,6 @@ def fit_summary(fit: dict) -> str:
   return "\n".join(lines)
 
 
-def analytic_vs_xla(config_arg: str, overrides: list[str], report: dict) -> dict:
-  """The analytic FLOPs of the compiled config (on its batch_spec: no data) beside the report's XLA figure."""
-  from shared.scaling import aot
-  from shared.scaling.flops import task_flops
-  cfg = aot.load_config(config_arg, overrides)
-  module = aot.system_module(config_arg, cfg)
-  info = task_flops(cfg, module.make_task(cfg), batch_spec=aot.batch_spec_of(module, cfg))
-  xla = report.get("flops_global")
-  return {"analytic_flops_per_step": info["flops_per_step"], "analytic_loops_once": info["flops_per_step_loops_once"],
-          "ratio_analytic_to_xla": info["flops_per_step_loops_once"] / xla if xla else None}
-
-
 def main():
   args = cli.ARGV[1:]
   if not args or args[0] not in COMMANDS:
@@ -134,11 +122,7 @@ def main():
     _need("topology")
     overrides = [o[len("--config."):] for o in _overrides()]
     report = aot.compile_report(_config_arg(), FLAGS.topology, overrides)
-    report.update(analytic_vs_xla(_config_arg(), overrides, report))
     print(aot.format_report(report), flush=True)
-    print(f"  analytic FLOPs per step {report['analytic_flops_per_step']:.4g} global "
-          f"(scan bodies once: {report['analytic_loops_once']:.4g}; / XLA {report['ratio_analytic_to_xla']:.3f})",
-          flush=True)
     print(json.dumps(report, default=float), flush=True)
     return 0
   if cmd == "flops":

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import os
 import re
 import time
@@ -45,6 +44,8 @@ from typing import Sequence
 import numpy as np
 
 from shared.errors import ConfigError, StackError
+from shared.scaling.flops import task_flops
+from shared.scaling.systems import system_module
 
 GiB = 1 << 30
 
@@ -131,25 +132,6 @@ def load_config(config_path: str, overrides: Sequence[str] = ()):
     if inner is not None:
       raise inner from e
     raise ConfigError(f"--config {config_path} with overrides {list(overrides)}: {e}".splitlines()[0]) from e
-
-
-def system_module(config_path: str, cfg=None):
-  """The config's system module (cfg.task_module, else configs/<system>/x.py -> <system>_jax.task): make_task,
-  batch_spec (shared/scaling/systems.py)."""
-  from shared.scaling.systems import module_name
-  name = module_name(config_path, cfg)
-  try:
-    return importlib.import_module(name)
-  except ModuleNotFoundError as e:
-    raise ConfigError(f"config {config_path}: its system module {name} cannot be imported ({e})") from e
-
-
-def batch_spec_of(module, cfg) -> dict:
-  fn = getattr(module, "batch_spec", None)
-  if fn is None:
-    raise ConfigError(f"{module.__name__} has no batch_spec(cfg): ahead-of-time compiles need the GLOBAL training "
-                      f"batch as jax.ShapeDtypeStruct (keys, shapes and dtypes as its data pipeline yields them)")
-  return fn(cfg)
 
 
 # --------------------------------------------------------------------------- devices
@@ -265,13 +247,14 @@ def compile_report(config_path: str, topology: str, overrides: Sequence[str] = (
   from shared import train as train_lib
   topo = get_topology(topology)
   cfg = load_config(config_path, overrides)
-  module = system_module(config_path, cfg)
-  batch = batch_spec_of(module, cfg)
+  module = system_module(config_path, cfg, need=("make_task", "batch_spec"))
+  batch = module.batch_spec(cfg)
   devices, backend = topology_devices(topology)
   mesh = mesh_lib.make_mesh(cfg.trainer.mesh, devices=devices)
   task = module.make_task(cfg)
   # init only needs the shapes past the batch axis: one example (init_params may call jnp.asarray on it)
   example = {k: np.zeros((1,) + tuple(s.shape[1:]), s.dtype) for k, s in batch.items()}
+  analytic = task_flops(cfg, task, batch_spec=batch)
   t0 = time.perf_counter()
   setup = train_lib.build(cfg, task, mesh=mesh, example_batch=example)
   lowered = setup.step_fn.lower(setup.abstract_state, batch)
@@ -334,6 +317,9 @@ def compile_report(config_path: str, topology: str, overrides: Sequence[str] = (
       "flops_per_device": flops_dev, "flops_global": flops_dev * n if flops_dev else None,
       "flops_lowered_global": flops_lowered,
       "flops_note": "XLA's cost analysis: a scan / while body counted once (not x its trip count)",
+      # shared/scaling/flops.py on the same task and batch: every layer, and scan bodies once (XLA's way)
+      "analytic_flops_per_step": analytic["flops_per_step"], "analytic_loops_once": analytic["flops_per_step_loops_once"],
+      "ratio_analytic_to_xla": (analytic["flops_per_step_loops_once"] / (flops_dev * n)) if flops_dev else None,
       "exact": exact, "attention_note": ("shared.kernels 'auto' attention chose by the compiling process's backend "
                                          f"({jax.default_backend()}): XLA einsum attention, not splash / cuDNN"),
       "lower_seconds": round(t1 - t0, 2), "compile_seconds": round(t2 - t1, 2), "jax_version": jax.__version__,
@@ -372,6 +358,9 @@ def format_report(report: dict) -> str:
   elif r.get("flops_lowered_global"):
     lines.append(f"  FLOPs per step: {r['flops_lowered_global']:.3e} global (unpartitioned module; the compiled "
                  f"program reports none)")
+  ratio = f"; / XLA {r['ratio_analytic_to_xla']:.3f}" if r.get("ratio_analytic_to_xla") else ""
+  lines.append(f"  analytic FLOPs per step {r['analytic_flops_per_step']:.4g} global (scan bodies once: "
+               f"{r['analytic_loops_once']:.4g}{ratio})")
   lines.append(f"  {r['exact']}; {r['attention_note']}")
   lines.append(f"  lower {r['lower_seconds']} s, compile {r['compile_seconds']} s (jax {r['jax_version']})")
   return "\n".join(lines)

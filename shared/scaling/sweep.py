@@ -23,7 +23,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
 import shlex
 import time
@@ -112,7 +111,10 @@ def run_cell(cfg, mod, cell: Cell, cell_dir: str) -> dict | None:
   os.makedirs(cell_dir, exist_ok=True)
   cfg, task, info = configure_cell(cfg, mod, cell)
   wall_path = os.path.join(cell_dir, "wall.json")
-  wall = json.load(open(wall_path))["wall_s"] if os.path.exists(wall_path) else 0.0
+  wall = 0.0
+  if os.path.exists(wall_path):
+    with open(wall_path) as f:
+      wall = json.load(f)["wall_s"]
   t0 = time.perf_counter()
   try:
     result = train_lib.train(cfg, task, cell_dir)
@@ -210,11 +212,3 @@ def sweep(base_cfg, config_arg: str, overrides: list[str], budgets, widths, swee
     collect(sweep_dir, cells)
   return collect(sweep_dir, cells)
 
-
-def budget_check(rows: list[dict]) -> list[str]:
-  """Cells whose spent FLOPs differ from their budget by more than one step's worth (rounding): messages."""
-  out = []
-  for r in rows:
-    if abs(r["flops_total"] - r["budget"]) > r["flops_per_step"] and not math.isclose(r["flops_total"], r["budget"]):
-      out.append(f"{r['cell']}: spent {r['flops_total']:.3g} FLOPs of a {r['budget']:.3g} budget")
-  return out

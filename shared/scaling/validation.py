@@ -24,8 +24,10 @@ def sigma_grid(n: int) -> np.ndarray:
 
 
 def fixed_batches(examples: Sequence[dict], collate: Callable[[list], dict], batch_size: int) -> list[dict]:
-  """The held-out set as batches (the last one may be smaller), built once and reused by every call."""
-  return [collate(list(examples[i:i + batch_size])) for i in range(0, len(examples), batch_size)]
+  """The held-out set as batches (the last one may be smaller) of device arrays: built and copied once, reused
+  by every evaluation."""
+  return [{k: jnp.asarray(v) for k, v in collate(list(examples[i:i + batch_size])).items()}
+          for i in range(0, len(examples), batch_size)]
 
 
 def mean_loss(loss_fn: Callable, params: Any, batches: Iterable[dict]) -> float:
