@@ -1,7 +1,9 @@
 """Tri-modal data: SynthCue clips -> per-task examples (SLT / VSR / ASR / AVSR) -> one mixed, fixed-shape batch.
 
-Source (`data.source`): "synthcue" only (How2Sign + LRS3 readers exist in shared.data.layouts; the real-data
-mouth / face cropping is a later step: ConfigError until then).
+Source (`data.source`): "synthcue" (below), or "how2sign+lrs3" (the paper's data: How2Sign sentence clips for SLT,
+LRS3 utterances for VSR / ASR / AVSR, read by trimodal_jax/real_data.py into the same sample dicts; the sign
+clip is centre-cropped and resized to data.sign_frame_size, the lips are data.lip_size mouth-ROI crops, the
+audio 16 kHz: see that module).
   SLT   SynthCue `sign` mode (both hands sign the glosses in sign order, the mouth mouths the words; pairs of
         glosses share a manual form and differ only in mouthing): sign = the frames (data.sign_frame_size,
         block-averaged to data.sign_size), lip = the clip's mouth crop; target = the SPOKEN sentence (text order
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 
 import numpy as np
@@ -50,7 +53,7 @@ from shared.errors import ConfigError, DataError
 from trimodal_jax.model import MODALITIES, PROMPTS, TASK_MODALITIES, TASKS, instruction_ids
 
 log = logging.getLogger(__name__)
-SOURCES = ("synthcue",)
+SOURCES = ("synthcue", "how2sign+lrs3")
 BABBLE_POOL = 16            # validation clips whose audio makes the babble
 MELS_PER_FRAME = 4          # 16 kHz / hop 160 / 25 fps
 _CJK = re.compile(r"[^\x00-\x7f]")
@@ -93,8 +96,10 @@ def batch_keys(cfg) -> tuple[str, ...]:
 def check_data(cfg):
   d = cfg.data
   if d.source not in SOURCES:
-    raise ConfigError(f"data.source={d.source!r}: only {SOURCES} is implemented (How2Sign / LRS3 clips need the "
-                      "mouth / face crops of a later step)")
+    raise ConfigError(f"data.source={d.source!r}: expected one of {SOURCES}")
+  if d.source != "synthcue":
+    from trimodal_jax import real_data
+    real_data.check(d)
   ratios(cfg)
   if int(d.crop) > int(d.lip_size):
     raise ConfigError(f"data.crop={d.crop} is larger than data.lip_size={d.lip_size}")
@@ -106,6 +111,10 @@ def check_data(cfg):
     raise ConfigError(f"data.word_drop={tuple(d.word_drop)}: expected (low, high) with 0 <= low <= high <= 1")
   if not 0.0 <= float(d.babble_p) <= 1.0:
     raise ConfigError(f"data.babble_p={d.babble_p}: expected a probability in [0, 1]")
+  if (d.source != "synthcue" and cfg.get("stage") == "stage2" and float(d.babble_p) > 0
+      and not str(d.get("babble_path", "") or "")):
+    raise ConfigError(f"data.source={d.source!r}, stage 2 with data.babble_p={d.babble_p}: set data.babble_path (a "
+                      "local 16 kHz babble recording, e.g. NOISEX-92's) or data.babble_p=0")
   if not len(d.babble_snr):
     raise ConfigError("data.babble_snr is empty: expected SNRs in dB, e.g. (-5, 0, 5, 10, 15, 20)")
   if d.sample_rate != 16000 or d.sample_rate // d.fps != 160 * MELS_PER_FRAME:
@@ -197,7 +206,11 @@ def instr_len(tok) -> int:
 # ----------------------------------------------------------------------------- sources
 
 def sources(data, split: str) -> dict:
-  """{"sign": sign-mode clips (video, no audio), "speech": speech-mode clips (audio, no video)}."""
+  """{"sign": sign-mode clips (video, no audio), "speech": speech-mode clips (audio, no video)}: SynthCue, or How2Sign
+  / LRS3 (trimodal_jax/real_data.py; equal len(), indices wrap over the smaller dataset)."""
+  if data.source != "synthcue":
+    from trimodal_jax import real_data
+    return real_data.sources(data, split)
   return {"sign": synthcue_source(data, split, "sign", frame_size=int(data.sign_frame_size), render_audio=False),
           "speech": synthcue_source(data, split, "speech", render_video=False)}
 
@@ -211,8 +224,29 @@ def _babble_pool(seed, lexicon_size, max_homophones, n_speakers, n_test, clauses
   return tuple(src[i]["audio"] for i in range(BABBLE_POOL))
 
 
+@functools.lru_cache(maxsize=2)
+def _babble_file(path: str) -> tuple:
+  from shared.data.media import read_wav
+  if not os.path.isfile(path):
+    raise ConfigError(f"data.babble_path={path!r} does not exist (a 16 kHz babble recording, e.g. NOISEX-92's)")
+  wav, _ = read_wav(path, sample_rate=16000)
+  wav = np.asarray(wav, np.float32).reshape(-1)
+  n = len(wav) // BABBLE_POOL
+  if n < 16000:
+    raise DataError(f"babble recording has {len(wav)} samples; expected at least {BABBLE_POOL} s at 16 kHz",
+                    path=path)
+  return tuple(wav[i * n:(i + 1) * n] for i in range(BABBLE_POOL))
+
+
 def babble_pool(data) -> tuple:
-  """The audio of BABBLE_POOL validation clips (fixed; the babble's talkers)."""
+  """The babble's talkers: data.babble_path (a local 16 kHz recording such as NOISEX-92 babble, the paper's; cut
+  into BABBLE_POOL equal segments, mixed 3 at a time) when set, else BABBLE_POOL SynthCue validation clips."""
+  path = str(data.get("babble_path", "") or "")
+  if path:
+    return _babble_file(os.path.expanduser(path))
+  if data.source != "synthcue":
+    raise ConfigError(f"data.source={data.source!r} with babble noise (data.babble_p > 0 in stage 2, or --snr) "
+                      "needs data.babble_path (a local babble recording, e.g. NOISEX-92)")
   return _babble_pool(int(data.seed), int(data.lexicon_size), int(data.max_homophones), int(data.n_speakers),
                       int(data.n_test_speakers), tuple(int(c) for c in data.clauses), float(data.shared_sign_fraction))
 
@@ -249,9 +283,12 @@ def draw_task(cfg, rng: np.random.Generator) -> str:
   return TASKS[int(rng.choice(len(TASKS), p=[r[t] for t in TASKS]))]
 
 
-def prepare(index: int, task: str, rng: np.random.Generator | None, *, cfg, srcs: dict, tok) -> dict | None:
+def prepare(index: int, task: str, rng: np.random.Generator | None, *, cfg, srcs: dict, tok,
+            snr: float | None = None) -> dict | None:
   """Clip `index` as an example of `task` (module docstring); rng None = evaluation. None drops the clip (longer
-  than the largest frame bucket, or a target longer than the largest label bucket)."""
+  than the largest frame bucket, or a target longer than the largest label bucket). snr (dB, evaluation): ASR /
+  AVSR audio mixed with babble (babble_pool) at exactly that SNR, drawn from default_rng(index): the same noise
+  for the clip in every run (None: clean audio; training noise is the stage-2 augmentation above)."""
   d = cfg.data
   mods = TASK_MODALITIES[task]
   s = srcs["sign" if task == "slt" else "speech"][int(index)]
@@ -295,6 +332,8 @@ def prepare(index: int, task: str, rng: np.random.Generator | None, *, cfg, srcs
       if rng is not None and cfg.stage == "stage2" and rng.random() < float(d.babble_p):
         snr = float(rng.choice(np.asarray(d.babble_snr, np.float32)))
         wav = augment.add_babble(wav, babble_pool(d), rng, snr)
+      elif rng is None and snr is not None:
+        wav = augment.add_babble(wav, babble_pool(d), np.random.default_rng(int(index)), float(snr))
       out["audio"] = clip_mels(wav, t)
   return out
 
@@ -358,15 +397,15 @@ def train_iterator(cfg, tok, *, batch_size: int, seed: int):
                        batch_size=batch_size, seed=seed, random_map_fn=example, skip_none=True)
 
 
-def eval_examples(cfg, tok, split: str, n: int, tasks=None) -> list[tuple[dict, str]]:
+def eval_examples(cfg, tok, split: str, n: int, tasks=None, snr: float | None = None) -> list[tuple[dict, str]]:
   """The first n usable clips of `split`, example i of task tasks[i % len(tasks)] (default: the stage's tasks),
-  unaugmented: [(example, reference text)]."""
+  unaugmented (snr: babble at that SNR in ASR / AVSR audio, see `prepare`): [(example, reference text)]."""
   srcs = sources(cfg.data, split)
   tasks = tuple(tasks or active_tasks(cfg))
   out, i = [], 0
   while len(out) < n and i < len(srcs["speech"]):
     task = tasks[len(out) % len(tasks)]
-    ex = prepare(i, task, None, cfg=cfg, srcs=srcs, tok=tok)
+    ex = prepare(i, task, None, cfg=cfg, srcs=srcs, tok=tok, snr=snr)
     if ex is not None:
       out.append((ex, decode_text(tok, ex["target_ids"])))
     i += 1

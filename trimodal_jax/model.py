@@ -13,6 +13,7 @@
       ASR  U = Map([0, 0, F~_a])        AVSR U = Map([0, F~_v, F~_a])
       (0: exact zeros of the modality's width; an absent modality's encoder and adapter are not run for a
       static task, and its inputs are never read)
+      config.slt_lip = False: SLT U = Map([F~_s, 0, 0]) (the sign stream alone: the paper's ablation)
   mapping network Map = Linear(Ds+Dv+Da -> H) -> act -> Linear(H -> E), H = floor((in + E) / 2) (MMS-LLaMA's
       projector; 2816 -> 2944 -> 3072 at paper size)                         U [B, T, E]        "linguistic tokens"
   LLM (shared.models.llm, LLaMA-3.2-3B with LoRA r 16 / alpha 32 on q, k, v, o) over
@@ -112,6 +113,9 @@ class TriModalConfig:
   # once with the frozen Swin: its per-frame clips are 16x a plain video pass)
   precomputed: tuple = ()
   lip_bn_train: bool = False      # True: the lip ResNet's BatchNorm uses batch statistics in training (mutable)
+  # False: SLT reads the sign stream alone (its lip features are masked to zeros like an absent modality): the
+  # paper's "SLT without lips" ablation; the data still carries the lips
+  slt_lip: bool = True
   dtype: str = "float32"          # compute dtype of adapters and mapping
   param_dtype: str = "float32"
 
@@ -147,6 +151,15 @@ class TriModalConfig:
 
   def strides(self) -> dict:
     return {"sign": self.sign_stride, "lip": self.lip_stride, "audio": self.audio_stride}
+
+  def task_modalities(self) -> dict:
+    """{task: the modalities it reads}: TASK_MODALITIES, SLT without the lips when slt_lip is False."""
+    return {**TASK_MODALITIES, "slt": TASK_MODALITIES["slt"] if self.slt_lip else ("sign",)}
+
+  def present(self) -> np.ndarray:
+    """[task id, modality] -> read (the masking table; PRESENT unless slt_lip is False)."""
+    tm = self.task_modalities()
+    return np.array([[m in tm[t] for m in MODALITIES] for t in TASKS], bool)
 
   @property
   def concat_dim(self) -> int:
@@ -257,7 +270,7 @@ class TriModal(nn.Module):
     inputs = {"sign": (sign, sign_len), "lip": (lip, lip_len), "audio": (audio, audio_len)}
     enc = {"sign": self._sign, "lip": self._lip, "audio": self._audio}
     adapters = {"sign": self.sign_adapter, "lip": self.lip_adapter, "audio": self.audio_adapter}
-    wanted = TASK_MODALITIES[task] if isinstance(task, str) and not self.is_initializing() else MODALITIES
+    wanted = c.task_modalities()[task] if isinstance(task, str) and not self.is_initializing() else MODALITIES
     out = {}
     for m in MODALITIES:
       x, n = inputs[m]
@@ -294,7 +307,7 @@ class TriModal(nn.Module):
     b, t = some.shape[0], min(f.shape[1] for f, _ in adapted.values())
     dt = jnp.result_type(*[f.dtype for f, _ in adapted.values()])
     dynamic = not isinstance(task, str)
-    present = jnp.asarray(PRESENT)[jnp.asarray(task, jnp.int32)] if dynamic else None   # [B, 3]
+    present = jnp.asarray(c.present())[jnp.asarray(task, jnp.int32)] if dynamic else None   # [B, 3]
     parts, big = [], jnp.iinfo(jnp.int32).max
     lengths = jnp.full((b,), big, jnp.int32)
     for i, m in enumerate(MODALITIES):
@@ -306,7 +319,7 @@ class TriModal(nn.Module):
           lengths = jnp.where(present[:, i], jnp.minimum(lengths, n), lengths)
         else:
           parts.append(zeros)
-      elif m in TASK_MODALITIES[task]:
+      elif m in c.task_modalities()[task]:
         if m not in adapted:
           raise DataError(f"task {task!r} needs the {m} features; got {sorted(adapted)}", key=m)
         f, n = adapted[m]

@@ -271,6 +271,10 @@ def make_task(cfg, model: UniTalking | None = None) -> train_lib.Task:
                       jnp.asarray(batch["text"]), None, jnp.asarray(batch["ref"]))["params"]
 
   def make_iter():
+    if cfg.data.get("latents", ""):   # prepared shards (unitalking_jax/prepare.py): no codec in the loop
+      from unitalking_jax.latents import LatentSource
+      return make_iterator(LatentSource(cfg.data.latents, cfg), data_lib.collate, seed=cfg.trainer.seed,
+                           batch_size=mesh_lib.local_batch_size(cfg.trainer.batch_size), workers=cfg.data.workers)
     src = data_lib.source(cfg, "train")
     return make_iterator(src, data_lib.collate, batch_size=mesh_lib.local_batch_size(cfg.trainer.batch_size),
                          seed=cfg.trainer.seed, map_fn=lambda s: data_lib.prepare(s, cfg, cfg.trainer.seed),

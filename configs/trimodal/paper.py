@@ -17,6 +17,40 @@ only behind an explicit --trust-pickle, see shared/weights/avhubert_family.py), 
 (openai/whisper-medium or whisper-medium.en, a transformers directory: the encoder is read),
 --config.init.llm.path=DIR (meta-llama/Llama-3.2-3B, transformers directory) and --config.tokenizer.path=DIR
 (the same LLaMA directory).
+Data (trimodal_jax/real_data.py): --config.data.how2sign.root=H2S --config.data.how2sign.lip_root=H2S_LIPS
+(the signers' 96 x 96 mouth-ROI mp4s, prepared offline with a facial landmark detector, same relative names as the
+clips) --config.data.lrs3.root=LRS3 [--config.data.lrs3.lip_root=LRS3_LIPS (auto_avsr-style 96 x 96 mouth crops;
+empty: a fixed mouth box of the 224 x 224 face frames, an approximation)]. Splits: How2Sign train / val / test, LRS3
+pretrain+trainval / (none) / test. Sign frames: centre square crop of the 1280 x 720 rgb_front clip -> 224 x 224
+(the paper crops the signer following LiTFiC); lips 96 -> random / centre crop 88; audio 16 kHz Whisper log-mels.
+Stage 2's babble noise (data.babble_p) reads the NOISEX-92 babble recording at data.babble_path (a local 16 kHz
+wav; trimodal_jax/data.babble_pool cuts it into 16 segments, mixed 3 at a time); stage 2 needs it set.
+
+Mesh: trainer.mesh fsdp = every device (data 1): the batch is split over all devices (each runs the encoders on
+its own examples: data parallel), and every weight's "embed" axis is sharded over fsdp (ZeRO-3: LLaMA's 3.2 B,
+and the frozen encoders too - shared.mesh's rules do not tell the encoders' weights from the LLM's).
+
+Measured memory (shared/scaling/aot.py: the real stage-1 train step lowered on abstract shapes - batch_spec at the
+largest buckets: 600 frames, 128 target tokens - and compiled by libtpu's XLA:TPU for the slice; no weights, no
+data; make_task's checks met by a stand-in tokenizer directory, TOK = the SynthCue sentence tokenizer saved with
+save_pretrained: 14 instruction tokens, LLaMA's would be a few more; `python -m shared.scaling compile --config
+configs/trimodal/paper.py:stage1 --topology v5p-8 --config.tokenizer.path=TOK`): 3.906 B parameters, 33.99 M
+trainable (LoRA 9.2 M, adapters 7.5 M, mapping 17.3 M); remat full, bf16 compute, float32 params.
+  v5p-8 (4 chips, fsdp=4, batch 8 = 2 clips of 600 frames per chip): TrainState 3.74 GiB per chip (params 3.65,
+    Adam 0.08); argument 3.91 GiB; XLA refuses the program: HLO temporaries 124.25 GiB > 95.74 GiB available
+    (peak 128.2 GiB, 135 %): does not fit. The sign encoder dominates: one 16-frame Swin-T clip per frame is
+    9,600 224 x 224 frames per 600-frame example (16x a plain video pass).
+  v6e-8 (8 chips of 32 GiB, fsdp=8, batch 8 = 1 clip per chip, as the paper's 8 GPUs; `--topology v6e-8`):
+    TrainState 1.89 GiB per chip (params 1.83, Adam 0.06); argument 1.98 GiB; XLA refuses: HLO temporaries
+    45.45 GiB > 31.25 GiB available (peak 47.4 GiB): one 600-frame clip per device needs ~47 GiB - over v6e's
+    32 GiB and an A6000's 48 GB (the paper's GPUs: at most 1,250 frames per GPU, with batches of shorter clips),
+    likely within v5p's 95 GiB and an H200's 141 GB (v5p-16, 1 per chip, not measured: its full compile did not
+    finish in 25 min on the shared 2-core machine; v5p's XLA:TPU temporaries need not equal v6e's).
+    Stage 2 (`paper.py:stage2`: + the Whisper-medium encoder on 2,400 mel frames) on v6e-8: temporaries 45.46 GiB,
+    peak 47.44 GiB - the same: the Swin clips dominate.
+  FLOPs (shared/scaling/flops.py, analytic): 1.353e15 (stage 1) / 1.375e15 (stage 2) per step of 8 x 600 frames;
+  XLA gives none when it refuses.
+
 `python -m trimodal_jax.train --config configs/trimodal/paper.py:stage1 --workdir W ...` (a later step).
 """
 import ml_collections
@@ -25,6 +59,7 @@ from configs.trimodal.tiny import RATIOS, parse_stage
 from configs.trimodal.tiny import get_config as tiny_config
 from shared.config import model_section
 from trimodal_jax.model import TriModalConfig, llama32_3b
+from trimodal_jax.real_data import how2sign_section, lrs3_section
 
 
 def get_config(arg: str = ""):
@@ -37,10 +72,11 @@ def get_config(arg: str = ""):
                                  init_ratio=0.01, final_ratio=0.01))
   c.trainer.precision.compute_dtype = "bfloat16"
   c.trainer.checkpoint.update(dict(every_steps=2000, keep=3))
-  c.trainer.mesh.update(dict(data=-1, fsdp=8))
+  c.trainer.mesh.update(dict(data=1, fsdp=-1))     # FSDP over every device; the batch over all of them
+  # trimodal_jax/real_data.py: How2Sign (SLT) + LRS3 (VSR / ASR / AVSR); roots, mouth-ROI dirs and split maps
   c.data = ml_collections.ConfigDict(dict(
-      source="how2sign+lrs3", how2sign_root="", lrs3_root="", fps=25, sample_rate=16000,
-      sign_size=224, lip_size=96, crop=88, flip=True, n_mels=80, word_drop=(0.0, 0.2),
+      source="how2sign+lrs3", how2sign=how2sign_section(), lrs3=lrs3_section(), fps=25, sample_rate=16000,
+      sign_frame_size=224, sign_size=224, lip_size=96, crop=88, flip=True, n_mels=80, word_drop=(0.0, 0.2),
       babble_p=0.75, babble_snr=(-5, 0, 5, 10, 15, 20), babble_path="",       # NOISEX babble (a local file)
       max_frames_per_device=1250, frame_buckets=(100, 200, 300, 400, 600), label_buckets=(32, 64, 128),
       eval_split="test", eval_samples=0))

@@ -13,7 +13,7 @@ Model (trimodal_jax/model.py, the paper's figure at small widths):
 Each stand-in is to be pretrained on SynthCue in the role the paper's pretrained part plays (isolated gloss
 classification, a lip objective, speech recognition, sentence LM) and read through the `init` entries below
 (empty paths: fresh weights). Training (trimodal_jax/task.py): stage 1 = VSR + SLT, stage 2 = all four.
-`get_config("stage1" | "stage2")`; the data section is read by trimodal_jax/data.py.
+`get_config("stage1" | "stage2" [",frozen"])` (frozen: encoders frozen, LoRA only); the data section is read by trimodal_jax/data.py.
 """
 import ml_collections
 
@@ -31,14 +31,23 @@ RATIOS = {"stage1": dict(slt=0.5, vsr=0.5, asr=0.0, avsr=0.0),
 
 
 def parse_stage(arg: str) -> str:
-  stage = arg or "stage1"
+  stage = (arg or "stage1").split(",")[0]
   if stage not in STAGES:
     raise ConfigError(f"configs/trimodal: unknown stage {arg!r} (expected one of {STAGES})")
   return stage
 
 
+def parse_words(arg: str) -> set:
+  """The words after the stage ("stage2,frozen"): "frozen" = the paper's regime (encoders frozen, only the LLM's
+  LoRA factors + adapters + mapping train; for pretrained stand-ins read through `init`)."""
+  words = set((arg or "").split(",")[1:]) - {""}
+  if words - {"frozen"}:
+    raise ConfigError(f"configs/trimodal: unknown words {sorted(words - {'frozen'})} in {arg!r} (known: frozen)")
+  return words
+
+
 def get_config(arg: str = ""):
-  stage = parse_stage(arg)
+  stage, words = parse_stage(arg), parse_words(arg)
   c = ml_collections.ConfigDict()
   c.stage = stage
   # tri-stage LR (paper: warm-up then decay, peak 1e-4; tiny steps scaled down); init / final ratio: the paper
@@ -65,6 +74,8 @@ def get_config(arg: str = ""):
   # paper) or "all"; the encoders named here. The tiny stand-ins start fresh (empty init paths), so all of them
   # train; with pretrained stand-ins read through `init`, set encoders=() and llm="lora" (paper.py does)
   c.train = ml_collections.ConfigDict(dict(encoders=("sign", "lip", "audio"), llm="all"))
+  if "frozen" in words:
+    c.train = ml_collections.ConfigDict(dict(encoders=(), llm="lora"))
   t = c.trainer
   dt = t.precision.get_ref("compute_dtype")
   remat = t.get_ref("remat")
@@ -80,7 +91,8 @@ def get_config(arg: str = ""):
                  max_source_positions=500, dtype=dt, remat_policy=remat),
       llm=dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                head_dim=16, rms_eps=1e-5, rope_theta=10000.0, tie_embeddings=True, max_position_embeddings=512,
-               family="llama", dtype=dt, remat_policy=remat),
+               family="llama", bos_token_id=1, eos_token_id=(2,),     # the SynthCue tokenizer's <s>, </s>
+               dtype=dt, remat_policy=remat),
       lora=dict(rank=4, alpha=8.0, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj")),
       sign_stride=2, lip_stride=2, audio_stride=4, mapping_hidden=0, mapping_act="relu", dtype=dt)
   c.decode = ml_collections.ConfigDict(dict(
@@ -93,5 +105,8 @@ def get_config(arg: str = ""):
       sign=init_entry(prefix="sign_encoder", family="swin3d"),
       lip=init_entry(prefix="lip_encoder", family="avhubert"),
       audio=init_entry(prefix="audio_encoder", family="whisper"),
-      llm=init_entry(prefix="llm", family="llm", allow_missing=True)))    # LoRA leaves keep their init
+      llm=init_entry(prefix="llm", family="llm", allow_missing=True),     # LoRA leaves keep their init
+      # stage 2 starts from a stage-1 run: --config.init.stage1.path=STAGE1_WORKDIR (its newest checkpoint:
+      # params + lip BatchNorm statistics; applied after the entries above, which it then overrides)
+      stage1=init_entry(prefix="", family="workdir")))
   return c

@@ -37,7 +37,10 @@ def get_config(arg: str = ""):
       video_whiten=True,  # per-component PCA scales (unit variance each; False: one global scale, which leaves
       # the mouth's motion ~3 % of the mouth tokens' variance, and T2AV mouths never learnt to move)
       # data.text = "umt5": local dirs of the tokenizer and the transformers UMT5 encoder (text_dim = d_model)
-      text_tokenizer="", text_encoder="", text_encoder_dtype="float32"))
+      text_tokenizer="", text_encoder="", text_encoder_dtype="float32",
+      # a directory of prepared latents (python -m unitalking_jax.prepare ... --out DIR): training batches come
+      # from its ArrayRecord shards through grain, no codec runs in the loop; "" = encode SynthCue on the fly
+      latents=""))
   # the model section is UniTalkingConfig's own fields (model.py; defaults live there): UniTalking(
   # from_section(UniTalkingConfig, cfg.model)). Sizes that follow the data or the trainer are references:
   # overriding data.video_pca or trainer.remat changes them too (and setting model.video.in_channels sets

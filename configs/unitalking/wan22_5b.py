@@ -65,6 +65,7 @@ def get_config(arg: str = ""):
                       mask_text=False))  # Wan2.2's DiT was trained attending to the zero rows
   # UMT5-XXL from the Wan2.2 diffusers release (set both: --config.data.text_encoder=DIR/text_encoder ...)
   c.data.update(dict(text="umt5", frames=31, text_len=512, video_pca=48, audio_pca=20, text_tokenizer="", text_encoder="",
+                     latents="",   # prepared latents dir (python -m unitalking_jax.prepare): no codec in the loop
                      text_encoder_dtype="bfloat16"))
   c.trainer.precision.compute_dtype = "bfloat16"
   c.trainer.remat = "full"

@@ -377,7 +377,7 @@ class LRS3Reader(LayoutReader):
     ids: dict[str, int] = {}
     txts = sorted(glob.glob(os.path.join(root, split, "*", "*.txt")))
     if not txts:
-      raise DataError("no LRS3 transcripts found (expected {split}/<ytid>/<NNNNN>.txt)",
+      raise DataError(f"no LRS3 transcripts found (expected {split}/<ytid>/<NNNNN>.txt)",
                       path=os.path.join(root, split))
 
     def make(txt):

@@ -17,6 +17,10 @@ What `path` may be:
     same directory) it is read like a directory; without one its keys must already be in our naming
     ('/'-joined paths of the source tree, e.g. "layers/mlp/up_proj/kernel", tensors in our layout), which
     is also what family="params" forces.
+  * a training workdir of this stack (a directory with checkpoints/; or family="workdir"): its newest
+    restorable checkpoint's params and model state (BatchNorm statistics), keys in our naming: a later stage
+    starts from an earlier one (e.g. the tri-modal stage 2 from stage 1). The whole tree is read onto the
+    host first (at paper size: the model's size in host memory).
 Checkpoint keys carrying a known wrapper prefix (KEY_PREFIXES: ComfyUI's "model.diffusion_model.") are read
 without it. `family` forces a family by its name (shared.weights.families(): "llm", "wan_dit",
 "wan_dit_original", ...) or by one of its model_types; None / "" detects it from the config. PEFT adapter
@@ -84,6 +88,7 @@ from shared.weights import Family, families, family_for_config, family_table, io
 log = logging.getLogger(__name__)
 
 OURS = "params"                              # family name: keys already in our naming, no name table
+WORKDIR = "workdir"                          # family name: a training workdir's newest checkpoint (our naming)
 PARAMS = "params"                            # the params collection (report paths in it carry no collection)
 KEY_PREFIXES = ("model.diffusion_model.",)   # wrapper prefixes stripped from checkpoint keys (ComfyUI Wan)
 ENTRY_KEYS = ("path", "prefix", "family", "rename", "allow_missing", "strict")
@@ -218,7 +223,7 @@ def _family_named(name: str, source: str) -> Family:
     if name in fam.model_types:
       return fam
   raise CheckpointError(f"checkpoint {source}: family {name!r} is unknown; known families: "
-                        f"{sorted(fams) + [OURS]} (or one of their model types)")
+                        f"{sorted(fams) + [OURS, WORKDIR]} (or one of their model types)")
 
 
 def _detect(cfg: dict, cfg_path: str) -> Family:
@@ -267,6 +272,10 @@ def _open(path: str, family: str | None) -> _Source:
   is_file = os.path.isfile(path)
   if is_file and not path.endswith(".safetensors"):
     raise CheckpointError(f"checkpoint {path!r} is a file but not a .safetensors file")
+  if family == WORKDIR or (not family and not is_file and is_workdir(path)):
+    if not is_workdir(path):
+      raise CheckpointError(f"checkpoint {path!r}: family {WORKDIR!r} needs a training workdir (with checkpoints/)")
+    return _workdir(path)
   if not is_file and os.path.exists(os.path.join(path, "adapter_config.json")):
     raise CheckpointError(f"checkpoint {path!r} is a PEFT adapter directory; load_into reads full checkpoints "
                           "(use shared.weights.load_pretrained(path, base=...) for adapters)")
@@ -311,6 +320,49 @@ def save_params(path: str, tree, *, dtype=None, metadata: dict | None = None):
   walk(tree, "")
   meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
   save_file(flat, path, metadata=meta or None)
+
+
+class _TreeReader:
+  """A reader over host arrays already in memory ({key: array})."""
+
+  def __init__(self, flat: dict):
+    self._flat = flat
+
+  def keys(self):
+    return list(self._flat)
+
+  def __contains__(self, key):
+    return key in self._flat
+
+  def shape(self, key):
+    return tuple(np.shape(self._flat[key]))
+
+  def get(self, key, dtype=None):
+    v = np.asarray(self._flat[key])
+    return v if dtype is None else v.astype(dtype)
+
+
+def is_workdir(path: str) -> bool:
+  """A training workdir of this stack (a checkpoints/ directory inside)."""
+  return os.path.isdir(os.path.join(path, "checkpoints"))
+
+
+def _workdir(path: str) -> _Source:
+  """The newest restorable checkpoint of a training workdir (shared.checkpoint.restore): params and model state
+  (BatchNorm statistics, ...) in our naming, every collection it holds."""
+  from shared.checkpoint import restore
+  r = restore(path)
+  colls = {PARAMS: r.params, **{k: v for k, v in (r.model_state or {}).items() if v}}
+  stateful = tuple(colls) != (PARAMS,)
+  flat = {}
+  for c, tree in colls.items():
+    for k, v in traverse_util.flatten_dict(nn.meta.unbox(tree)).items():
+      flat["/".join(((c,) if stateful else ()) + tuple(k))] = np.asarray(jax.device_get(v))
+  log.info("init from workdir %s: step %d, %d tensors in %s", path, r.step, len(flat), sorted(colls))
+  del r
+  rows = [table.Row(k, k) for k in sorted(flat)]
+  return _Source(WORKDIR, rows, {r.path: tuple(np.shape(flat[r.theirs])) for r in rows}, (), _TreeReader(flat),
+                 tuple(colls))
 
 
 def _ours(reader) -> _Source:

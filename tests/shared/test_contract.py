@@ -131,6 +131,17 @@ def test_batch_stats_resume_bitwise_after_sigterm_and_restore_without_trainer(tm
   hn = (h - bs["mean"]) / np.sqrt(bs["var"] + 1e-5) * bn["scale"] + bn["bias"]
   d1 = r.params["Dense_1"]
   np.testing.assert_allclose(y, (np.maximum(hn, 0) @ d1["kernel"] + d1["bias"])[:, 0], rtol=1e-5, atol=1e-5)
+  # a later stage starts from this workdir through an init entry (family "workdir", detected): params and
+  # batch_stats land in the new variables exactly; a prefix that names nothing / a non-workdir are named
+  from shared.weights.init import apply_init_entries, init_entry, load_into
+  fresh = jax.tree.map(np.zeros_like, jax.device_get(dict(r.variables)))
+  got, reports = apply_init_entries({"stage1": init_entry(path=str(plain))}, fresh)
+  assert reports["stage1"].family == "workdir" and reports["stage1"].ok
+  assert any(k.startswith("batch_stats/") for k in reports["stage1"].loaded)
+  for k, v in train_lib.flat(got).items():
+    np.testing.assert_array_equal(v, a[k], err_msg=k)
+  with pytest.raises(CheckpointError, match="needs a training workdir"):
+    load_into(fresh, str(tmp_path), family="workdir")
   # an earlier step, and a missing one named
   assert ckpt_lib.restore(str(plain), step=4).step == 4
   with pytest.raises(CheckpointError, match="step 5"):

@@ -131,6 +131,28 @@ def test_modality_masking_is_zero_features(tiny):
   np.testing.assert_allclose(np.asarray(m1[0][0]), np.asarray(a[0][0]), rtol=1e-6, atol=1e-6)
 
 
+def test_slt_without_lips_is_sign_alone(tiny):
+  """model.slt_lip=False (the paper's SLT-from-signs ablation): SLT = Map([F~_s, 0, 0]), static and per-example;
+  the lip video changes nothing; other tasks are untouched."""
+  model, v = tiny
+  ablated = TriModal(model.config.replace(slt_lip=False))
+  assert ablated.config.task_modalities()["slt"] == ("sign",) and ablated.config.present()[0].tolist() == [
+      True, False, False]
+  x, y = _inputs(0), _inputs(1)
+  adapted = _fn(model, TriModal.features, task=np.array([0, 0], np.int32))(v, **x)
+  (fs, ns), (fv, _), (fa, _) = adapted["sign"], adapted["lip"], adapted["audio"]
+  mapping = jax.jit(lambda v, f: model.apply(v, f, method=lambda m, f: m.mapping(f)))
+  hand = mapping(v, jnp.concatenate([fs, jnp.zeros_like(fv), jnp.zeros_like(fa)], -1))
+  u, n = _fn(ablated, TriModal.encode, task="slt")(v, **x)
+  np.testing.assert_allclose(np.asarray(u), np.asarray(hand), rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(n, ns)
+  mixed = _fn(ablated, TriModal.encode, task=task_ids(["slt", "vsr"]))
+  m1, m2 = mixed(v, **x), mixed(v, **{**x, "lip": y["lip"]})
+  np.testing.assert_array_equal(np.asarray(m1[0][0]), np.asarray(m2[0][0]))     # SLT row: lips not read
+  assert np.abs(np.asarray(m1[0][1]) - np.asarray(m2[0][1])).max() > 1e-3        # VSR row: lips read
+  np.testing.assert_allclose(np.asarray(m1[0][0]), np.asarray(hand[0]), rtol=1e-6, atol=1e-6)
+
+
 def test_adapters_give_one_length(tiny):
   model, v = tiny
   x = _inputs(0)

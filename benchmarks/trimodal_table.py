@@ -1,0 +1,206 @@
+"""The tri-modal paper's findings in miniature on SynthCue (held-out speakers / signers): train and evaluate each row.
+
+  PYTHONPATH=. JAX_PLATFORMS=cpu python benchmarks/trimodal_table.py --out W [--rows main_s1,nolip_s1,...]
+  PYTHONPATH=. python benchmarks/trimodal_table.py --out W --report      # the markdown tables from W/*/eval
+
+Rows (configs/trimodal/tiny.py, batch 8; the same budget per compared row):
+ from scratch (every encoder and the LLM train; stage 1 = 1000 steps, stage 2 = 750, single stage = 1750):
+  main_s1     stage 1 (VSR + SLT), SLT reads signs + lips                           -> finding (2)
+  nolip_s1    stage 1, SLT reads the sign stream alone (model.slt_lip=False)        -> finding (2)
+  main_s2     stage 2 (all four tasks, babble noise) from main_s1 (init.stage1)     -> findings (1), (3), (4)
+  single      all four tasks with stage 2's ratios and noise from scratch, 1750 steps -> finding (4)
+ the paper's regime (tiny.py ",frozen"): the stand-ins pretrained first (trimodal_jax/pretrain.py, exported to
+ W/pre_<name>/export and read through the init entries), encoders frozen, LoRA on the stand-in LM:
+  pre_s1 -> pre_s2   two-stage: stage 1 500 steps, stage 2 250 steps               -> findings (1), (3), (4)
+  pre_single         single stage: stage 2's mix for 750 steps                     -> findings (1), (3), (4)
+  pre_nolip          pre_single with SLT from the sign stream alone                 -> finding (2)
+Evaluation (python -m trimodal_jax.evaluate, split test = held-out speakers, N clips per task): SLT BLEU-4 /
+ROUGE-L / CER and the characters whose gloss shares its manual form; VSR / ASR / AVSR CER clean, ASR / AVSR at
+0 and -5 dB babble. Finished steps are skipped (a training run whose last checkpoint is the final step; an eval
+file that exists); interrupted training resumes from its checkpoints. Each step is a subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+
+CONFIG = "configs/trimodal/tiny.py"
+S1, S2 = 1000, 750          # from scratch: stage 1, stage 2 steps
+P1, P2 = 500, 250           # on the frozen stand-ins
+
+
+def _schedule(total: int, warmup: int) -> list[str]:
+  return [f"--config.trainer.total_steps={total}", f"--config.trainer.schedule.warmup_steps={warmup}",
+          f"--config.trainer.schedule.decay_steps={total - warmup}", "--config.trainer.log_every=100",
+          "--config.trainer.eval_every=250", "--config.trainer.checkpoint.every_steps=250"]
+
+
+STANDINS = ("sign", "lip", "audio", "llm")
+
+
+def _standin_flags(out: str) -> list[str]:
+  return [f"--config.init.{n}.path={os.path.join(out, 'pre_' + n, 'export')}" for n in STANDINS]
+
+
+# row -> (config arg, total steps, extra flags, row it starts from, uses the stand-ins)
+ROWS = {
+    # from scratch (every encoder and the LLM train)
+    "main_s1": ("stage1", S1, _schedule(S1, 100), None, False),
+    "nolip_s1": ("stage1", S1, _schedule(S1, 100) + ["--config.model.slt_lip=False"], None, False),
+    "main_s2": ("stage2", S2, _schedule(S2, 25) + ["--config.trainer.eval_every=0"], "main_s1", False),
+    "single": ("stage2", S1 + S2, _schedule(S1 + S2, 100), None, False),
+    # the paper's regime: pretrained stand-ins (W/pre_<name>/export), encoders frozen, LoRA on the stand-in LM
+    "pre_s1": ("stage1,frozen", P1, _schedule(P1, 50) + ["--config.trainer.eval_every=0"], None, True),
+    "pre_s2": ("stage2,frozen", P2, _schedule(P2, 25) + ["--config.trainer.eval_every=0"], "pre_s1", True),
+    "pre_single": ("stage2,frozen", P1 + P2, _schedule(P1 + P2, 25) + ["--config.trainer.eval_every=0"], None,
+                   True),
+    "pre_nolip": ("stage2,frozen", P1 + P2, _schedule(P1 + P2, 25) + ["--config.trainer.eval_every=0",
+                                                                       "--config.model.slt_lip=False"], None, True),
+}
+# row -> [(task, snr)] evaluated
+EVALS = {
+    "main_s1": [("slt", None), ("vsr", None)],
+    "nolip_s1": [("slt", None), ("vsr", None)],
+    "main_s2": [("slt", None), ("vsr", None), ("asr", None), ("avsr", None), ("asr", 0), ("avsr", 0),
+                ("asr", -5), ("avsr", -5)],
+    "single": [("slt", None), ("vsr", None), ("asr", None), ("avsr", None), ("asr", 0), ("avsr", 0),
+               ("asr", -5), ("avsr", -5)],
+}
+EVALS["pre_s2"] = EVALS["pre_single"] = EVALS["single"]
+EVALS["pre_s1"] = EVALS["main_s1"]
+EVALS["pre_nolip"] = [("slt", None)]
+LABELS = {"main_s1": "scratch: stage 1, SLT from signs + lips", "nolip_s1": "scratch: stage 1, SLT from signs alone",
+          "main_s2": "scratch: two-stage (stage 1 -> stage 2)",
+          "single": "scratch: single stage (all tasks from the start)",
+          "pre_s1": "stand-ins: stage 1", "pre_s2": "stand-ins: two-stage (500 -> 250)",
+          "pre_single": "stand-ins: single stage, SLT from signs + lips (750)",
+          "pre_nolip": "stand-ins: single stage, SLT from signs alone (750)"}
+
+
+def _run(cmd: list[str], log: str):
+  print("$", " ".join(cmd), flush=True)
+  with open(log, "a") as f:
+    p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+  if p.returncode:
+    sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}; see {log}")
+
+
+def _finished(workdir: str, total: int) -> bool:
+  return os.path.isdir(os.path.join(workdir, "checkpoints", str(total)))
+
+
+def pretrain(out: str, name: str):
+  """A stand-in (trimodal_jax/pretrain.py) and its export W/pre_<name>/export, unless there."""
+  wd = os.path.join(out, "pre_" + name)
+  if os.path.exists(os.path.join(wd, "export", "standin.json")):
+    return
+  log = os.path.join(out, f"pre_{name}.log")
+  _run([sys.executable, "-m", "trimodal_jax.pretrain", "--config", f"configs/trimodal/pretrain.py:{name}",
+        "--workdir", wd], log)
+  _run([sys.executable, "-m", "trimodal_jax.pretrain_export", "--workdir", wd, "--out", os.path.join(wd, "export")],
+       log)
+
+
+def train(out: str, row: str):
+  stage, total, extra, parent, standins = ROWS[row]
+  wd = os.path.join(out, row)
+  if _finished(wd, total):
+    return
+  cmd = [sys.executable, "-m", "trimodal_jax.train", "--config", f"{CONFIG}:{stage}", "--workdir", wd] + extra
+  if standins:
+    for name in STANDINS:
+      pretrain(out, name)
+    cmd += _standin_flags(out)
+  if parent:
+    train(out, parent)
+    cmd.append(f"--config.init.stage1.path={os.path.join(out, parent)}")
+  _run(cmd, os.path.join(out, f"{row}.log"))
+
+
+def _eval_name(task: str, snr) -> str:
+  return f"{task}" + ("" if snr is None else f"_snr{snr}")
+
+
+def evaluate(out: str, row: str, n: int):
+  wd = os.path.join(out, row)
+  os.makedirs(os.path.join(wd, "table"), exist_ok=True)
+  for task, snr in EVALS[row]:
+    path = os.path.join(wd, "table", _eval_name(task, snr) + ".json")
+    if os.path.exists(path):
+      continue
+    cmd = [sys.executable, "-m", "trimodal_jax.evaluate", "--workdir", wd, "--task", task, "--n", str(n)]
+    if snr is not None:
+      cmd.append(f"--snr={snr}")
+    print("$", " ".join(cmd), flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode:
+      sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    line = [x for x in p.stdout.splitlines() if x.startswith("{")][-1]
+    with open(path, "w") as f:
+      f.write(line + "\n")
+    print(line, flush=True)
+
+
+def _load(out: str) -> dict:
+  got = {}
+  for path in glob.glob(os.path.join(out, "*", "table", "*.json")):
+    row = path.split(os.sep)[-3]
+    with open(path) as f:
+      got[(row, os.path.basename(path)[:-5])] = json.loads(f.read())
+  return got
+
+
+def _fmt(x) -> str:
+  return "–" if x is None else f"{x:.3f}"
+
+
+def report(out: str) -> str:
+  got = _load(out)
+
+  def val(row, name, key):
+    return got.get((row, name), {}).get(key)
+
+  lines = ["Finding (2): SLT with vs without lips (stage 1, same budget)", "",
+           "| row | BLEU-4 | ROUGE-L | CER | shared-form char acc | other char acc |", "|---|---|---|---|---|---|"]
+  for row in ("main_s1", "nolip_s1", "main_s2", "single", "pre_s1", "pre_s2", "pre_single", "pre_nolip"):
+    if (row, "slt") in got:
+      lines.append(f"| {LABELS[row]} | {_fmt(val(row, 'slt', 'slt/bleu4'))} | {_fmt(val(row, 'slt', 'slt/rougeL'))}"
+                   f" | {_fmt(val(row, 'slt', 'slt/cer'))} | {_fmt(val(row, 'slt', 'slt/shared_char_acc'))}"
+                   f" | {_fmt(val(row, 'slt', 'slt/other_char_acc'))} |")
+  lines += ["", "Findings (1), (3), (4): CER per task (held-out speakers); ASR / AVSR under babble noise", "",
+            "| row | SLT BLEU-4 | VSR | ASR clean | AVSR clean | ASR 0 dB | AVSR 0 dB | ASR -5 dB | AVSR -5 dB |",
+            "|---|---|---|---|---|---|---|---|---|"]
+  for row in ("main_s2", "single", "pre_s2", "pre_single"):
+    if (row, "vsr") not in got:
+      continue
+    cells = [_fmt(val(row, "slt", "slt/bleu4")), _fmt(val(row, "vsr", "vsr/cer"))]
+    for snr in (None, 0, -5):
+      for task in ("asr", "avsr"):
+        cells.append(_fmt(val(row, _eval_name(task, snr), f"{task}/cer")))
+    lines.append(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--rows", default=",".join(ROWS))
+  ap.add_argument("--n", type=int, default=64, help="held-out clips per task")
+  ap.add_argument("--report", action="store_true")
+  a = ap.parse_args()
+  if not a.report:
+    os.makedirs(a.out, exist_ok=True)
+    for row in a.rows.split(","):
+      if row not in ROWS:
+        sys.exit(f"unknown row {row!r}; rows: {list(ROWS)}")
+      train(a.out, row)
+      evaluate(a.out, row, a.n)
+  print(report(a.out))
+
+
+if __name__ == "__main__":
+  main()
