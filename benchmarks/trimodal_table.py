@@ -14,6 +14,8 @@ Rows (configs/trimodal/tiny.py, batch 8; the same budget per compared row):
   pre_s1 -> pre_s2   two-stage: stage 1 500 steps, stage 2 250 steps               -> findings (1), (3), (4)
   pre_single         single stage: stage 2's mix for 750 steps                     -> findings (1), (3), (4)
   pre_nolip          pre_single with SLT from the sign stream alone                 -> finding (2)
+  long, long_nolip   as pre_single / pre_nolip with the whole LLM training, 8000 steps at lr 1e-3 held (the rows
+                     that learn; long_nolip was not run to the end)
 Evaluation (python -m trimodal_jax.evaluate, split test = held-out speakers, N clips per task): SLT BLEU-4 /
 ROUGE-L / CER and the characters whose gloss shares its manual form; VSR / ASR / AVSR CER clean, ASR / AVSR at
 0 and -5 dB babble. Finished steps are skipped (a training run whose last checkpoint is the final step; an eval
@@ -31,6 +33,7 @@ import sys
 CONFIG = "configs/trimodal/tiny.py"
 S1, S2 = 1000, 750          # from scratch: stage 1, stage 2 steps
 P1, P2 = 500, 250           # on the frozen stand-ins
+L = 8000                    # the long rows
 
 
 def _schedule(total: int, warmup: int) -> list[str]:
@@ -46,6 +49,13 @@ def _standin_flags(out: str) -> list[str]:
   return [f"--config.init.{n}.path={os.path.join(out, 'pre_' + n, 'export')}" for n in STANDINS]
 
 
+def _long() -> list[str]:
+  return [f"--config.trainer.total_steps={L}", "--config.trainer.schedule.warmup_steps=100",
+          f"--config.trainer.schedule.hold_steps={L - 600}", "--config.trainer.schedule.decay_steps=500",
+          "--config.trainer.log_every=250", "--config.trainer.eval_every=0", "--config.trainer.checkpoint.every_steps=1000",
+          "--config.train.llm=all"]
+
+
 # row -> (config arg, total steps, extra flags, row it starts from, uses the stand-ins)
 ROWS = {
     # from scratch (every encoder and the LLM train)
@@ -58,6 +68,10 @@ ROWS = {
     "pre_s2": ("stage2,frozen", P2, _schedule(P2, 25) + ["--config.trainer.eval_every=0"], "pre_s1", True),
     "pre_single": ("stage2,frozen", P1 + P2, _schedule(P1 + P2, 25) + ["--config.trainer.eval_every=0"], None,
                    True),
+    # frozen stand-ins, the whole tiny LLM training (LoRA r 4 alone learns too slowly here), 8000 steps at lr 1e-3
+    # held (the tri-stage decay to 1 % would waste most of the run)
+    "long": ("stage2,frozen", L, _long(), None, True),
+    "long_nolip": ("stage2,frozen", L, _long() + ["--config.model.slt_lip=False"], None, True),
     "pre_nolip": ("stage2,frozen", P1 + P2, _schedule(P1 + P2, 25) + ["--config.trainer.eval_every=0",
                                                                        "--config.model.slt_lip=False"], None, True),
 }
@@ -72,13 +86,16 @@ EVALS = {
 }
 EVALS["pre_s2"] = EVALS["pre_single"] = EVALS["single"]
 EVALS["pre_s1"] = EVALS["main_s1"]
-EVALS["pre_nolip"] = [("slt", None)]
+EVALS["pre_nolip"] = EVALS["long_nolip"] = [("slt", None)]
+EVALS["long"] = EVALS["single"]
 LABELS = {"main_s1": "scratch: stage 1, SLT from signs + lips", "nolip_s1": "scratch: stage 1, SLT from signs alone",
           "main_s2": "scratch: two-stage (stage 1 -> stage 2)",
           "single": "scratch: single stage (all tasks from the start)",
           "pre_s1": "stand-ins: stage 1", "pre_s2": "stand-ins: two-stage (500 -> 250)",
           "pre_single": "stand-ins: single stage, SLT from signs + lips (750)",
-          "pre_nolip": "stand-ins: single stage, SLT from signs alone (750)"}
+          "pre_nolip": "stand-ins: single stage, SLT from signs alone (750)",
+          "long": "stand-ins, whole LLM trains: single stage (8000)",
+          "long_nolip": "stand-ins, whole LLM trains: single stage, SLT from signs alone (8000)"}
 
 
 def _run(cmd: list[str], log: str):
@@ -166,7 +183,8 @@ def report(out: str) -> str:
 
   lines = ["Finding (2): SLT with vs without lips (stage 1, same budget)", "",
            "| row | BLEU-4 | ROUGE-L | CER | shared-form char acc | other char acc |", "|---|---|---|---|---|---|"]
-  for row in ("main_s1", "nolip_s1", "main_s2", "single", "pre_s1", "pre_s2", "pre_single", "pre_nolip"):
+  for row in ("main_s1", "nolip_s1", "main_s2", "single", "pre_s1", "pre_s2", "pre_single", "pre_nolip", "long",
+              "long_nolip"):
     if (row, "slt") in got:
       lines.append(f"| {LABELS[row]} | {_fmt(val(row, 'slt', 'slt/bleu4'))} | {_fmt(val(row, 'slt', 'slt/rougeL'))}"
                    f" | {_fmt(val(row, 'slt', 'slt/cer'))} | {_fmt(val(row, 'slt', 'slt/shared_char_acc'))}"
@@ -174,7 +192,7 @@ def report(out: str) -> str:
   lines += ["", "Findings (1), (3), (4): CER per task (held-out speakers); ASR / AVSR under babble noise", "",
             "| row | SLT BLEU-4 | VSR | ASR clean | AVSR clean | ASR 0 dB | AVSR 0 dB | ASR -5 dB | AVSR -5 dB |",
             "|---|---|---|---|---|---|---|---|---|"]
-  for row in ("main_s2", "single", "pre_s2", "pre_single"):
+  for row in ("main_s2", "single", "pre_s2", "pre_single", "long"):
     if (row, "vsr") not in got:
       continue
     cells = [_fmt(val(row, "slt", "slt/bleu4")), _fmt(val(row, "vsr", "vsr/cer"))]
