@@ -193,30 +193,10 @@ def read_lip(path: str, d, t: int | None = None) -> np.ndarray:
 
 def read_audio_track(path: str) -> tuple[np.ndarray, int]:
   """The audio stream of an mp4 alone (no video frame decoded) -> ([S] float32 mono, sample rate)."""
-  import av
-  chunks: list[np.ndarray] = []
-  try:
-    with av.open(path, mode="r") as container:
-      if not container.streams.audio:
-        raise DataError("no .wav beside the video and no audio track in it", path=path, key="audio")
-      ast = container.streams.audio[0]
-      sr = int(ast.codec_context.sample_rate)
-      n = int(round(float(ast.duration * ast.time_base) * sr)) if ast.duration and ast.time_base else None
-      for frame in container.decode(ast):
-        x = frame.to_ndarray()
-        x = x.reshape(len(frame.layout.channels), -1) if frame.format.is_planar else \
-            x.reshape(-1, len(frame.layout.channels)).T
-        if x.dtype == np.int16:
-          x = x.astype(np.float32) / 32768.0
-        elif x.dtype == np.int32:
-          x = x.astype(np.float32) / 2147483648.0
-        chunks.append(x.astype(np.float32).mean(axis=0))
-  except DataError:
-    raise
-  except (av.error.FFmpegError, OSError, ValueError, EOFError, IndexError) as e:
-    raise DataError(f"cannot decode the audio track: {type(e).__name__}: {e}", path=path, key="audio") from e
-  audio = np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
-  return (audio[:n] if n is not None else audio), sr
+  got = media.read_audio(path)
+  if got is None:
+    raise DataError("no .wav beside the video and no audio track in it", path=path, key="audio")
+  return got
 
 
 # ----------------------------------------------------------------------------- sources

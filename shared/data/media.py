@@ -92,6 +92,43 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 25.0,
         container.mux(packet)
 
 
+def _mono(frame) -> np.ndarray:
+  """A decoded audio frame (planar or packed, int16 / int32 / float) -> [S] float32, channels averaged."""
+  x = frame.to_ndarray()
+  if frame.format.is_planar:
+    x = x.reshape(len(frame.layout.channels), -1)
+  else:
+    x = x.reshape(-1, len(frame.layout.channels)).T
+  if x.dtype == np.int16:
+    x = x.astype(np.float32) / 32768.0
+  elif x.dtype == np.int32:
+    x = x.astype(np.float32) / 2147483648.0
+  return x.astype(np.float32).mean(axis=0)
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int] | None:
+  """The audio track of a media file alone, no video frame decoded -> ([S] float32 mono, sample rate), or None
+  when it has no audio track. DataError naming the file when it is missing or not decodable."""
+  import av
+  path = str(path)
+  if not os.path.isfile(path):
+    raise DataError("media file does not exist", path=path)
+  chunks: list[np.ndarray] = []
+  try:
+    with av.open(path, mode="r") as container:
+      if not container.streams.audio:
+        return None
+      ast = container.streams.audio[0]
+      sr = int(ast.codec_context.sample_rate)
+      n = int(round(float(ast.duration * ast.time_base) * sr)) if ast.duration and ast.time_base else None
+      for frame in container.decode(ast):
+        chunks.append(_mono(frame))
+  except (av.error.FFmpegError, OSError, ValueError, EOFError, IndexError) as e:
+    raise DataError(f"cannot decode the audio track: {type(e).__name__}: {e}", path=path, key="audio") from e
+  audio = np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+  return (audio[:n] if n is not None else audio), sr
+
+
 def read_mp4(path: str | os.PathLike, *, gray: bool = False, with_audio: bool = True,
              sample_rate: int | None = None) -> Media:
   """Decode a video file. Returns Media(frames [T,H,W,3] uint8 (or [T,H,W] if gray), fps, audio [S]
@@ -128,16 +165,7 @@ def read_mp4(path: str | os.PathLike, *, gray: bool = False, with_audio: bool = 
         if isinstance(frame, av.VideoFrame):
           frames.append(frame.to_ndarray(format="gray" if gray else "rgb24"))
         else:
-          x = frame.to_ndarray()
-          if frame.format.is_planar:
-            x = x.reshape(len(frame.layout.channels), -1)
-          else:
-            x = x.reshape(-1, len(frame.layout.channels)).T
-          if x.dtype == np.int16:
-            x = x.astype(np.float32) / 32768.0
-          elif x.dtype == np.int32:
-            x = x.astype(np.float32) / 2147483648.0
-          chunks.append(x.astype(np.float32).mean(axis=0))
+          chunks.append(_mono(frame))
   except DataError:
     raise
   except (av.error.FFmpegError, OSError, ValueError, EOFError, IndexError) as e:

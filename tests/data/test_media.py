@@ -50,6 +50,10 @@ def test_mp4_round_trip_video_and_audio(tmp_path):
   assert info["n_frames"] == len(fr) and info["has_audio"] and (info["width"], info["height"]) == (48, 32)
   # 16 kHz track read at 8 kHz
   assert abs(len(media.read_mp4(path, sample_rate=8000).audio) - len(m.audio) / 2) <= 1
+  # the audio track alone (no frame decoded) is the same samples
+  got, got_sr = media.read_audio(path)
+  assert got_sr == sr
+  np.testing.assert_array_equal(got, m.audio)
 
 
 def test_mp4_gray_odd_size_and_ntsc_rate(tmp_path):
@@ -58,6 +62,7 @@ def test_mp4_gray_odd_size_and_ntsc_rate(tmp_path):
   media.write_mp4(path, fr, 30000 / 1001)
   m = media.read_mp4(path, gray=True)
   assert m.frames.shape == fr.shape and m.audio is None
+  assert media.read_audio(path) is None
   assert m.fps == pytest.approx(29.97, abs=1e-3)
   assert psnr(m.frames, fr) > 32
   with pytest.raises(DataError, match="uint8"):
