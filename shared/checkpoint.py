@@ -4,6 +4,11 @@
   DIR/checkpoints/<step>/data     data-iterator state (grain), when the iterator has one
   DIR/checkpoints/<step>/config   the resolved config (JSON)
 
+  DIR/best/                       (trainer.checkpoint.best = an eval metric) the step that scored best so far, as
+                                  a workdir of its own: best/checkpoints/<step>/ (hard links to the files of
+                                  checkpoints/<step>: no copy, and it survives keep-last-N) + best/best.json
+                                  {metric, mode, value, step}: `--workdir DIR/best` works wherever a workdir does
+
 `restore(workdir, step=None)` gives (config, step, params, model_state) without a data pipeline, an
 optimizer or a trainer: it reads the shapes from the checkpoint's own metadata and restores only the
 params and the model state (never the optimizer moments), so sample / export / evaluate entry points
@@ -254,6 +259,74 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+BEST_DIR = "best"
+BEST_MODES = ("min", "max")
+
+
+def best_record(workdir: str) -> dict | None:
+  """DIR/best/best.json ({metric, mode, value, step}) or None."""
+  path = os.path.join(workdir, BEST_DIR, "best.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _link_tree(src: str, dst: str):
+  """dst mirrors src: directories made, files hard-linked (copied where the filesystem cannot link)."""
+  import shutil
+  for root, _, files in os.walk(src):
+    out = os.path.join(dst, os.path.relpath(root, src))
+    os.makedirs(out, exist_ok=True)
+    for name in files:
+      a, b = os.path.join(root, name), os.path.join(out, name)
+      try:
+        os.link(a, b)
+      except OSError:
+        shutil.copy2(a, b)
+
+
+def keep_best(workdir: str, step: int, metrics: dict, metric: str, mode: str = "min") -> bool:
+  """After an evaluation: when metrics[metric] beats DIR/best/best.json (or there is none yet), DIR/best becomes
+  step's checkpoint (DIR/checkpoints/<step> must be complete: wait for an async save first) -> True. The switch is
+  safe against a kill at any point: the new step is linked into best/checkpoints/<step>.tmp and renamed, then
+  best.json is replaced atomically, then older steps are removed; best.json always names a complete step.
+  A metric the evaluation did not return raises KeyError naming the ones it did; a non-finite value never wins."""
+  if mode not in BEST_MODES:
+    raise ValueError(f"trainer.checkpoint.best_mode={mode!r}: expected one of {BEST_MODES}")
+  if metric not in metrics:
+    raise KeyError(f"trainer.checkpoint.best={metric!r}: the evaluation returned no such metric "
+                   f"(it returned {sorted(metrics)})")
+  value = float(metrics[metric])
+  old = best_record(workdir)
+  if not np.isfinite(value):
+    return False
+  if old is not None and old.get("metric") == metric and old.get("step") != step:
+    if (value >= old["value"]) if mode == "min" else (value <= old["value"]):
+      return False
+  src = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
+  check_complete(src)
+  root = os.path.join(os.path.abspath(workdir), BEST_DIR)
+  ck = os.path.join(root, "checkpoints")
+  dst = os.path.join(ck, str(step))
+  import shutil
+  if not os.path.isdir(dst):
+    tmp = dst + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _link_tree(src, tmp)
+    os.rename(tmp, dst)
+  rec = {"metric": metric, "mode": mode, "value": value, "step": int(step)}
+  tmp_json = os.path.join(root, "best.json.tmp")
+  with open(tmp_json, "w") as f:
+    json.dump(rec, f)
+  os.replace(tmp_json, os.path.join(root, "best.json"))
+  for name in os.listdir(ck):
+    if name != str(step):
+      shutil.rmtree(os.path.join(ck, name), ignore_errors=True)
+  log.info("best %s = %.6g at step %d: %s", metric, value, step, dst)
+  return True
 
 
 @dataclasses.dataclass

@@ -187,14 +187,18 @@ def define_eval_flags(default_n: int = 32):
   flags.mark_flags_as_required(["workdir"])
 
 
-def write_eval(workdir: str, step: int, metrics: dict, **context) -> str:
-  """Prints the metrics as one JSON line and writes DIR/eval/<step>.json (the same object). Returns the path."""
+def write_eval(workdir: str, step: int, metrics: dict, *, name: str = "", **context) -> str:
+  """Prints the metrics as one JSON line and writes DIR/eval/<step>.json (the same object; DIR/eval/<step>_<name>.json
+  when `name` is given, so that evaluations of one step under other settings do not overwrite each other). Returns
+  the path."""
   import json
   record = {"step": int(step), **context, **metrics}
   line = json.dumps(record, sort_keys=False, default=float, allow_nan=False)
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, f"{int(step)}.json")
+  if name and not all(ch.isalnum() or ch in "-_." for ch in name):
+    raise ValueError(f"write_eval: name {name!r} must be letters, digits, '-', '_' or '.'")
+  path = os.path.join(out_dir, f"{int(step)}_{name}.json" if name else f"{int(step)}.json")
   with open(path, "w") as f:
     f.write(line + "\n")
   print(line, flush=True)

@@ -62,7 +62,11 @@ def trainer_config(**overrides) -> ml_collections.ConfigDict:
       final_ratio=0.0))
   c.precision = ml_collections.ConfigDict(dict(param_dtype="float32", compute_dtype="bfloat16"))
   # resume_step: -1 = the newest restorable checkpoint (a damaged newer one is skipped), N = exactly step N
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True, resume_step=-1))
+  # best: an eval metric (a key the eval hook returns, e.g. "val_loss", "cer"): the best-scoring step is kept as
+  # DIR/best (a workdir of its own, shared.checkpoint.keep_best), best_mode "min" | "max"; "" = off (and nothing
+  # happens while eval_every = 0: no evaluations, no best)
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True, resume_step=-1, best="",
+                                                best_mode="min"))
   # host-side hooks (samples, eval) run after that step's checkpoint is saved; a failing one is logged and
   # counted (metric hook_failures); on_error="stop" ends the run after the save (HookFailed)
   c.hooks = ml_collections.ConfigDict(dict(on_error="continue"))
@@ -127,6 +131,8 @@ def validate_trainer(t: ml_collections.ConfigDict) -> None:
       _fail(f"precision.{key}", t.precision[key], f"one of {tuple(DTYPES)}")
   if t.checkpoint.every_steps < 0 or t.checkpoint.keep < 1:
     _fail("checkpoint", dict(t.checkpoint), "every_steps >= 0 and keep >= 1")
+  if t.checkpoint.get("best_mode", "min") not in ("min", "max"):
+    _fail("checkpoint.best_mode", t.checkpoint.best_mode, "'min' or 'max'")
   if not isinstance(t.checkpoint.resume_step, int) or t.checkpoint.resume_step < -1:
     _fail("checkpoint.resume_step", t.checkpoint.resume_step, "-1 (the newest restorable) or a step >= 0")
   if t.hooks.on_error not in HOOK_ERROR_MODES:

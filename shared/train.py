@@ -611,6 +611,8 @@ def train(cfg: ml_collections.ConfigDict, task: Task, workdir: str, *, mesh=None
           got = run_hook("eval", step, lambda: _eval_metrics(task, state.variables, step))
           if got is not None:
             metrics.write(step, {k: float(v) for k, v in got.items()}, prefix="eval/")
+            if t.checkpoint.get("best"):
+              run_hook("keep_best", step, lambda: _keep_best(ckpt, workdir, step, got, t.checkpoint))
         if due_sample:
           run_hook("sample", step, lambda: task.sample_fn(state.variables, step,
                                                           os.path.join(workdir, "samples", str(step))))
@@ -637,6 +639,17 @@ def _eval_metrics(task: Task, variables, step: int) -> dict:
   if task.val_loss_fn is not None:
     got["val_loss"] = float(task.val_loss_fn(variables))
   return got
+
+
+def _keep_best(ckpt: Checkpointer, workdir: str, step: int, got: dict, c) -> bool:
+  """DIR/best follows the eval metric trainer.checkpoint.best (process 0 writes; all wait for it)."""
+  from shared.checkpoint import keep_best
+  ckpt.wait()                                          # the step's (async) save is complete before it is linked
+  better = keep_best(workdir, step, got, c.best, c.best_mode) if jax.process_index() == 0 else False
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"keep_best_{step}")
+  return better
 
 
 def _stop_requested(signals: _Signals, step: int, every: int) -> bool:

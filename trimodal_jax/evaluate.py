@@ -203,7 +203,10 @@ def make_hooks(cfg, task):
 
   def eval_fn(variables, step):
     del step
-    return score(task, variables, cfg, tasks, split, n)[0]
+    got = score(task, variables, cfg, tasks, split, n)[0]
+    if getattr(task, "val_token_acc", None) is not None:
+      got["val_token_acc"] = task.val_token_acc(variables)
+    return got
 
   def sample_fn(variables, step, out_dir):
     del step

@@ -16,7 +16,8 @@ shared.decoding.search.generate over the LLM's params: greedy for SLT (cfg.decod
 ASR / AVSR (cfg.decode.speech: beam 5, temperature 0.3 as the paper); one task per call.
 
 For shared.scaling: `Task.val_loss_fn` = the held-out token loss (no dropout, no augmentation) on the first
-data.eval_samples clips of data.eval_split (tasks in turn: the stage's tasks; none when 0), `batch_spec(cfg)` =
+data.eval_samples clips of data.eval_split (tasks in turn: the stage's tasks; none when 0; `task.val_token_acc` the
+teacher-forced next-token accuracy on them, the eval hook's "val_token_acc"), `batch_spec(cfg)` =
 the global batch at the largest buckets. No `scale_config` (a width rule over three encoders and the LLM is not
 one line).
 """
@@ -162,26 +163,44 @@ def tokens_per_example(cfg) -> int:
   return int(li + int(max(d.frame_buckets)) // int(cfg.model.lip_stride) + int(max(d.label_buckets)))
 
 
-def make_val_loss(cfg, model: TriModal, tok):
-  """Task.val_loss_fn (module docstring); the held-out batches are built on first use and kept."""
+def make_validation(cfg, model: TriModal, tok):
+  """-> (val_loss, val_token_acc): Task.val_loss_fn (module docstring) and the held-out teacher-forced next-token
+  accuracy (the paper's checkpoint selection: trainer.checkpoint.best = "val_token_acc"), over the same held-out
+  batches, built on first use and kept."""
   held: list = []
   loss_fn = make_loss_fn(model)
 
-  def sums(variables, batch):
-    params = variables["params"]
-    state = {k: v for k, v in variables.items() if k != "params"}
-    total, aux, _ = loss_fn(params, batch, None, state)
-    return total, aux["weight"]
-
-  def val_loss(variables) -> float:
-    from shared.scaling.validation import fixed_batches, mean_loss
+  def batches():
+    from shared.scaling.validation import fixed_batches
     if not held:
       ex = [e for e, _ in data_lib.eval_examples(cfg, tok, str(cfg.data.eval_split), int(cfg.data.eval_samples))]
       held.extend(fixed_batches(ex, functools.partial(data_lib.collate, cfg=cfg, tok=tok),
                                 min(8, int(cfg.trainer.batch_size))))
-    return mean_loss(sums, variables, held)
+    return held
 
-  return val_loss
+  def forward(variables, batch):
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    total, aux, _ = loss_fn(params, batch, None, state)
+    return total, aux
+
+  def loss_sums(variables, batch):
+    total, aux = forward(variables, batch)
+    return total, aux["weight"]
+
+  def hit_sums(variables, batch):
+    _, aux = forward(variables, batch)
+    return aux["token_acc"] * aux["weight"], aux["weight"]
+
+  def val_loss(variables) -> float:
+    from shared.scaling.validation import mean_loss
+    return mean_loss(loss_sums, variables, batches())
+
+  def val_token_acc(variables) -> float:
+    from shared.scaling.validation import mean_loss
+    return mean_loss(hit_sums, variables, batches())
+
+  return val_loss, val_token_acc
 
 
 class Decoder:
@@ -239,6 +258,8 @@ def make_task(cfg, model: TriModal | None = None) -> train_lib.Task:
                         trainable=make_trainable(cfg), mutable=("batch_stats",),
                         check_config=functools.partial(check_config, cfg),
                         tokens_per_example=tokens_per_example(cfg))
-  task.val_loss_fn = make_val_loss(cfg, model, tok) if int(cfg.data.eval_samples) > 0 else None
+  task.val_loss_fn = task.val_token_acc = None
+  if int(cfg.data.eval_samples) > 0:
+    task.val_loss_fn, task.val_token_acc = make_validation(cfg, model, tok)
   task.model, task.tokenizer, task.decoder = model, tok, Decoder(model, cfg, tok)
   return task

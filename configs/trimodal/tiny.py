@@ -58,7 +58,9 @@ def get_config(arg: str = ""):
       optimizer=dict(name="adamw", learning_rate=1e-3, weight_decay=0.0),
       schedule=dict(name="tri_stage", warmup_steps=steps[0], hold_steps=0, decay_steps=steps[1], init_ratio=0.01,
                     final_ratio=0.01),
-      checkpoint=dict(every_steps=500, keep=4), precision=dict(compute_dtype="float32"))
+      # the paper keeps the best checkpoint by held-out next-token accuracy beside the last one: DIR/best
+      checkpoint=dict(every_steps=500, keep=4, best="val_token_acc", best_mode="max"),
+      precision=dict(compute_dtype="float32"))
   c.data = ml_collections.ConfigDict(dict(
       source="synthcue", seed=0, num_samples=100_000, lexicon_size=24, max_homophones=3, n_speakers=8,
       n_test_speakers=2, clauses=(1, 1), fps=25, sample_rate=16000, shared_sign_fraction=0.3,

@@ -123,3 +123,14 @@ def test_make_dir(tmp_path):
     cli.make_dir(str(tmp_path / "f"))
   with pytest.raises(ConfigError, match=r"--out .*/f/sub: cannot create the directory"):
     cli.make_dir(str(tmp_path / "f" / "sub"), "--out")
+
+
+def test_write_eval_names_its_file(tmp_path, capsys):
+  import json
+  a = cli.write_eval(str(tmp_path), 7, {"m": 1.5}, split="test")
+  b = cli.write_eval(str(tmp_path), 7, {"m": 2.5}, name="oracle_seed1", split="test")
+  assert a.endswith("eval/7.json") and b.endswith("eval/7_oracle_seed1.json")
+  assert json.load(open(a))["m"] == 1.5 and json.load(open(b)) == {"step": 7, "split": "test", "m": 2.5}
+  assert capsys.readouterr().out.splitlines()[-1] == json.dumps({"step": 7, "split": "test", "m": 2.5})
+  with pytest.raises(ValueError, match="name"):
+    cli.write_eval(str(tmp_path), 7, {}, name="../x")

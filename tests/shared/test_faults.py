@@ -120,6 +120,45 @@ def test_failing_sample_hook_loses_nothing(tmp_path):
   assert "3" in os.listdir(tmp_path / "stop" / "checkpoints")
 
 
+def test_best_checkpoint_follows_the_eval_metric(tmp_path):
+  """trainer.checkpoint.best keeps the best-scoring step as DIR/best (a workdir of its own) through keep-last-N
+  rotation, resumes, a non-finite score and a metric the hook does not return."""
+  import jax
+  from shared.checkpoint import best_record, restore
+  from shared.errors import ConfigError
+  scores = {2: 5.0, 4: 3.0, 6: 4.0, 8: float("nan"), 10: 3.5, 12: 1.0}
+  cfg = small_sort_cfg(total_steps=8, eval_every=2)
+  cfg.trainer.checkpoint.update(dict(keep=1, async_save=True, best="score", best_mode="min"))
+  task = make_task(cfg)
+  task.eval_fn = lambda variables, step: {"score": scores[step]}
+  wd = str(tmp_path / "run")
+  train_lib.train(cfg, task, wd)
+  assert best_record(wd) == {"metric": "score", "mode": "min", "value": 3.0, "step": 4}
+  assert os.listdir(os.path.join(wd, "best", "checkpoints")) == ["4"]
+  assert os.listdir(os.path.join(wd, "checkpoints")) == ["8"]          # step 4 rotated out of checkpoints/
+  ref = small_sort_cfg(total_steps=4)                                  # the same run stopped at step 4
+  train_lib.train(ref, make_task(ref), str(tmp_path / "ref"))
+  got, want = restore(os.path.join(wd, "best")), restore(str(tmp_path / "ref"))
+  assert got.step == want.step == 4
+  for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  cfg.trainer.total_steps = 10                                         # resumed: 3.5 does not beat 3.0 (best.json)
+  train_lib.train(cfg, task, wd)
+  assert best_record(wd)["step"] == 4
+  cfg.trainer.total_steps = 12                                         # 1.0 does: the old best step is removed
+  train_lib.train(cfg, task, wd)
+  assert best_record(wd)["step"] == 12 and os.listdir(os.path.join(wd, "best", "checkpoints")) == ["12"]
+  cfg.trainer.total_steps = 14                                         # a metric the hook does not return
+  task.eval_fn = lambda variables, step: {"other": 0.0}
+  train_lib.train(cfg, task, wd)
+  rows = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
+  assert [r["hook_failures"] for r in rows if "hook_failures" in r] == [1.0] and best_record(wd)["step"] == 12
+  bad = small_sort_cfg(total_steps=2, eval_every=2)
+  bad.trainer.checkpoint.best_mode = "lowest"
+  with pytest.raises(ConfigError, match="checkpoint.best_mode"):
+    train_lib.train(bad, make_task(bad), str(tmp_path / "bad"))
+
+
 class _NoData(Exception):
   pass
 

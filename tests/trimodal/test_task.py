@@ -185,6 +185,10 @@ def test_greedy_decoding_is_teacher_forcing_argmax_and_beam_runs(trained):
   # untrained model's (near-uniform logits: ln V = 4.56)
   v1, v2 = task.val_loss_fn(variables), task.val_loss_fn(variables)
   assert v1 == v2 and np.isfinite(v1) and v1 < np.log(cfg.model.llm.vocab_size) - 0.3, v1
+  # the paper's checkpoint selection metric on the same clips (trainer.checkpoint.best): well above chance (1 / V)
+  acc = task.val_token_acc(variables)
+  assert acc == task.val_token_acc(variables) and 3.0 / cfg.model.llm.vocab_size < acc <= 1.0, acc
+  assert cfg.trainer.checkpoint.best == "val_token_acc" and cfg.trainer.checkpoint.best_mode == "max"
   # VSR: beam search (cfg.decode.speech), one text per row
   vb = data_lib.collate([e for e, _ in data_lib.eval_examples(cfg, tok, "test", 2, tasks=("vsr",))], cfg=cfg, tok=tok)
   assert len(task.decoder.decode(variables, vb, "vsr")) == 2
