@@ -67,17 +67,58 @@ def speech_features(audio: np.ndarray, frames: int, data) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- geometry
 
+EYE_SPAN = 0.8          # SynthCue's eye centres lie 0.8 face units apart (synthcue_render.face_base: ±0.4)
+LANDMARKS68_EYES = (slice(36, 42), slice(42, 48))   # iBUG 68-point convention: the subject's right eye, left eye
+LANDMARKS68_MOUTH = slice(48, 68)                   # outer + inner lip
+
+
+def pose_from_landmarks68(landmarks: np.ndarray, height: int, width: int, path: str = "") -> tuple[np.ndarray, float]:
+  """68-point face landmarks of a real video (iBUG convention, pixels, [T, 68, 2] or [T, 68, 3] with a score, as
+  face_alignment / auto_avsr-style preprocessing writes them) -> (SynthCue-style keypoints [T, 20, 3] in frame
+  units: 0-1 the eye centres, 4-7 four mouth points standing in for the lip contour's extent; the rest unseen,
+  pixels per face unit = the median eye distance / EYE_SPAN): what `Geometry(..., unit=)` takes."""
+  lm = np.asarray(landmarks, np.float32)
+  if lm.ndim != 3 or lm.shape[1] != 68 or lm.shape[2] not in (2, 3):
+    raise DataError(f"landmarks have shape {lm.shape}; expected [T, 68, 2] (or [T, 68, 3]) pixel coordinates",
+                    path=path or None, key="landmarks")
+  xy = lm[..., :2]
+  if not np.isfinite(xy).all():
+    raise DataError("landmarks hold NaN / inf (a frame without a detected face?)", path=path or None,
+                    key="landmarks")
+  eyes = np.stack([xy[:, s].mean(1) for s in LANDMARKS68_EYES], 1)            # [T, 2, 2]
+  if eyes[0, 0, 0] > eyes[0, 1, 0]:
+    eyes = eyes[:, ::-1]                                                        # image-left eye first
+  span = float(np.median(np.linalg.norm(eyes[:, 1] - eyes[:, 0], axis=-1)))
+  if span < 2.0:
+    raise DataError(f"landmarks: the eyes are {span:.2f} px apart; not a face", path=path or None, key="landmarks")
+  mouth = xy[:, LANDMARKS68_MOUTH]
+  lo, hi = mouth.min(1), mouth.max(1)                                            # [T, 2] the lips' extent
+  mid = (lo + hi) / 2
+  pts = np.stack([np.stack([lo[:, 0], mid[:, 1]], -1), np.stack([hi[:, 0], mid[:, 1]], -1),
+                  np.stack([mid[:, 0], lo[:, 1]], -1), np.stack([mid[:, 0], hi[:, 1]], -1)], 1)
+  pose = np.zeros((len(lm), 20, 3), np.float32)
+  scale = np.array([width, height], np.float32)
+  pose[:, 0:2, :2], pose[:, 0:2, 2] = eyes / scale, 1.0
+  pose[:, 4:8, :2], pose[:, 4:8, 2] = pts / scale, 1.0
+  return pose, span / EYE_SPAN
+
+
 class Geometry:
   """The crops of one clip: face square (x0, y0, side) in frame pixels, mouth box in crop pixels, mouth square in
-  crop pixels. `pose` [T, 20, 3] SynthCue keypoints (frame units), frames of height x width."""
+  crop pixels. `pose` [T, 20, 3] SynthCue keypoints (frame units), frames of height x width; `unit`: pixels per
+  face unit (default SynthCue's FACE_UNIT x width; a real face's from pose_from_landmarks68)."""
 
-  def __init__(self, pose: np.ndarray, height: int, width: int, data, stride: int):
+  def __init__(self, pose: np.ndarray, height: int, width: int, data, stride: int, unit: float | None = None):
     pose = np.asarray(pose, np.float32)
     if pose.ndim != 3 or pose.shape[1] < 8:
       raise DataError(f"pose has shape {pose.shape}; expected SynthCue keypoints [T, 20, 3]", key="pose")
     size = int(data.image_size)
-    unit = FACE_UNIT * width                                   # pixels per face unit
-    centre = (pose[0, 0:2, :2].mean(0) + np.array([0.0, 0.3 * FACE_UNIT], np.float32)) * [width, height]
+    if unit is None:                                           # SynthCue: square frames, a fixed face size
+      unit = FACE_UNIT * width                                 # pixels per face unit
+      centre = (pose[0, 0:2, :2].mean(0) + np.array([0.0, 0.3 * FACE_UNIT], np.float32)) * [width, height]
+    else:                                                      # the face centre: 0.3 face units below the eyes
+      unit = float(unit)
+      centre = pose[0, 0:2, :2].mean(0) * np.array([width, height], np.float32) + np.array([0.0, 0.3 * unit])
     side = float(data.crop_scale) * unit
     self.face = (float(centre[0] - side / 2), float(centre[1] - side / 2), side)
     self.size = size

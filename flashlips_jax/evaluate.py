@@ -22,8 +22,17 @@ JSON line, also written to DIR/eval/<step>.json:
               sync_orig      the same edited clips against their ORIGINAL speech (should fall)
               sync_real      the real clips against their own speech (the ceiling); sync_input_new: the unedited
                              clips against the new speech (the floor)
-              psnr_outside   the edited frames vs the input frames outside the mouth box
-No LSE-C / LSE-D (shared.metrics.sync has SyncNet, but its weights are not available offline) and no FID.
+              psnr_outside   the edited frames vs the input frames outside the mouth box (the masked editor's
+                             output pasted back: exact there by construction); psnr_outside_raw: the editor's whole
+                             output before any paste-back (what the mask-free editor is used as)
+            --lips oracle drives the editor with clip i+1's own lips vectors (the lips encoder on its mouth crops)
+            instead of the pose Transformer's: stage 2 replaced by the truth it is trained on (its upper bound).
+            --editor REL swaps another editor release (REL/editor.safetensors, e.g. the masked editor under a pose
+            model trained on the mask-free one) under the pose model; its lips encoder must equal the workdir's
+            (the maskfree stage freezes it), else the pose vectors would mean something else: an error.
+            --syncnet W (a local syncnet_v2.model / .safetensors): + lse_c_* / lse_d_* (shared.metrics.SyncScorer,
+            face crops resized to 224) of the edited clips with the new (lse_*_new) and original (lse_*_orig) speech
+            and of the real clips (lse_*_real). No weights ship (none can be downloaded here). No FID.
 """
 from __future__ import annotations
 
@@ -117,8 +126,12 @@ def editor_metrics(task, variables, cfg, split: str, n: int) -> dict:
           "lips_probe_r2": lips_probe(r["lips"], r["gt"]), "masked": bool(task.model_config.masked), "n": n}
 
 
-def resync_clips(task, variables, cfg, split: str, n: int, seed: int = 0) -> list[dict]:
-  """Clip i's video driven by clip i+1's speech -> per clip {frames, edited, box, t, audio_new, audio_orig}."""
+def resync_clips(task, variables, cfg, split: str, n: int, seed: int = 0, lips_source: str = "pose") -> list[dict]:
+  """Clip i's video driven by clip i+1's speech -> per clip {frames, edited, raw, box, t, audio_new, audio_orig}
+  (edited: what inference shows, raw: the editor's output before paste-back). lips_source: "pose" (sampled from
+  the speech) | "oracle" (the lips encoder on clip i+1's own mouth crops)."""
+  if lips_source not in ("pose", "oracle"):
+    raise ValueError(f"lips source {lips_source!r}: expected 'pose' or 'oracle'")
   from flashlips_jax import data as data_lib
   src = data_lib.source(cfg.data, split)
   samples = [src[i] for i in range(n)]
@@ -133,26 +146,48 @@ def resync_clips(task, variables, cfg, split: str, n: int, seed: int = 0) -> lis
                                  audio=samples[(i + 1) % n]["audio"]) for i in idx]
     k = len(exs)
     b = data_lib.stack(exs + exs[-1:] * (bs - k))
-    ref = np.asarray(gen.encode_lips(variables, b["mouth"][:, 0]))
-    lips = np.asarray(gen.lips(variables, b["audio"], ref, b["frame_mask"], seed=seed + start))     # [B, F, 12]
+    if lips_source == "oracle":
+      new = data_lib.stack([data_lib.prepare_clip(samples[(i + 1) % n], data=cfg.data, stride=stride)
+                            for i in idx + idx[-1:] * (bs - k)])["mouth"]                          # [B, F, m, m, 3]
+      lips = np.asarray(gen.encode_lips(variables, new.reshape((-1,) + new.shape[2:]))).reshape(bs, f, -1)
+    else:
+      ref = np.asarray(gen.encode_lips(variables, b["mouth"][:, 0]))
+      lips = np.asarray(gen.lips(variables, b["audio"], ref, b["frame_mask"], seed=seed + start))   # [B, F, 12]
     frames = b["frames"]                                                                          # [B, F, S, S, 3]
     s = frames.shape[2]
     flat = frames.reshape((-1, s, s, 3))
     refs = np.repeat(frames[:, :1], f, 1).reshape((-1, s, s, 3))
     boxes = np.repeat(b["box"], f, 0)
-    edited = np.asarray(gen.render(variables, flat, refs, lips.reshape(-1, lips.shape[-1]), boxes))
-    edited = edited.reshape(frames.shape)
+    raw = np.asarray(gen.render(variables, flat, refs, lips.reshape(-1, lips.shape[-1]), boxes, paste=False))
+    if task.model_config.masked:                       # == render(paste=True): uint8 input outside, raw inside
+      m = box_masks(boxes, s).astype(bool)
+      edited = np.where(m, raw, flat)
+    else:
+      edited = raw
+    raw, edited = raw.reshape(frames.shape), edited.reshape(frames.shape)
     for j, i in enumerate(idx):
       t = int(min(b["frame_mask"][j].sum(), len(samples[(i + 1) % n]["video"]), f))
-      rows.append({"frames": frames[j, :t], "edited": edited[j, :t], "box": b["box"][j], "t": t,
+      rows.append({"frames": frames[j, :t], "edited": edited[j, :t], "raw": raw[j, :t], "box": b["box"][j], "t": t,
                    "audio_new": samples[(i + 1) % n]["audio"], "audio_orig": samples[i]["audio"]})
   return rows
 
 
-def pose_metrics(task, variables, cfg, split: str, n: int, seed: int = 0) -> dict:
-  rows = resync_clips(task, variables, cfg, split, n, seed)
+def pose_metrics(task, variables, cfg, split: str, n: int, seed: int = 0, lips_source: str = "pose",
+                 syncnet: str = "") -> dict:
+  rows = resync_clips(task, variables, cfg, split, n, seed, lips_source)
   size = int(cfg.data.image_size)
-  out = {k: [] for k in ("sync_new", "sync_orig", "sync_real", "sync_input_new", "psnr_outside")}
+  out = {k: [] for k in ("sync_new", "sync_orig", "sync_real", "sync_input_new", "psnr_outside", "psnr_outside_raw")}
+  if syncnet:
+    from shared.metrics.sync import SyncScorer
+    scorer = SyncScorer(syncnet)
+    spf = 16000 // int(cfg.data.fps)
+    for r in rows:
+      t = r["t"]
+      for key, frames, audio in (("new", r["edited"], r["audio_new"]), ("orig", r["edited"], r["audio_orig"]),
+                                 ("real", r["frames"], r["audio_orig"])):
+        got = scorer(frames[:t], np.asarray(audio, np.float32)[:t * spf])
+        out.setdefault(f"lse_c_{key}", []).append(got["lse_c"])
+        out.setdefault(f"lse_d_{key}", []).append(got["lse_d"])
   for r in rows:
     t = r["t"]
     e_new = speech_energy(r["audio_new"], int(cfg.data.frames), cfg.data)[:t]
@@ -164,39 +199,109 @@ def pose_metrics(task, variables, cfg, split: str, n: int, seed: int = 0) -> dic
     out["sync_input_new"].append(corr(op_in, e_new))
     m = 1 - box_masks(r["box"][None], size)
     out["psnr_outside"].append(psnr(r["edited"], r["frames"], m))
+    out["psnr_outside_raw"].append(psnr(r["raw"], r["frames"], m))
   res = {k: float(np.mean(v)) for k, v in out.items()}
-  res.update(masked=bool(task.model_config.masked), n=len(rows))
+  res.update(masked=bool(task.model_config.masked), lips=lips_source, n=len(rows))
   return res
 
 
 # ----------------------------------------------------------------------------------------------- hooks / CLI
 
-def metrics_for(task, variables, cfg, split: str, n: int, *, seed: int = 0) -> dict:
+def metrics_for(task, variables, cfg, split: str, n: int, *, seed: int = 0, lips_source: str = "pose",
+                syncnet: str = "") -> dict:
   stage = cfg.model.stage
   if stage == "vae":
     return vae_metrics(task, variables, cfg, split, n)
   if stage == "pose":
-    return pose_metrics(task, variables, cfg, split, n, seed)
+    return pose_metrics(task, variables, cfg, split, n, seed, lips_source, syncnet)
   return editor_metrics(task, variables, cfg, split, n)
 
 
-def evaluate(workdir: str, *, split: str = "test", n: int = 32, step: int | None = None, seed: int = 0):
-  """-> (step, metrics)."""
+def swap_editor(params, cfg, release: str):
+  """The pose workdir's params with the editor (lips / reference / unet) of `release` -> (params, masked).
+  Raises CheckpointError when the release's lips encoder differs from the workdir's."""
+  import json
+  import os
+  from safetensors import safe_open
+  from shared.errors import CheckpointError, ConfigError
+  from shared.weights.init import load_into
+  if cfg.model.stage != "pose":
+    raise ConfigError(f"--editor swaps the editor under a pose model; this workdir's stage is {cfg.model.stage!r}",
+                      key="editor")
+  path = os.path.join(release, "editor.safetensors")
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path}: no editor release here (python -m flashlips_jax.export of an editor, maskfree or"
+                          " pose workdir writes it)")
+  with safe_open(path, "np") as f:
+    meta = f.metadata() or {}
+  if meta.get("format") != "flashlips_editor" or "masked" not in meta:
+    raise CheckpointError(f"{path}: metadata format {meta.get('format')!r}, expected 'flashlips_editor' with 'masked'")
+  new, report = load_into(params, path, prefix="", family="params", allow_missing=True)   # unexpected / mis-shaped raise
+  editor_missing = [k for k in report.missing if k.key.removeprefix("params/").split("/")[0] in ("lips", "reference", "unet")]
+  if editor_missing:
+    raise CheckpointError(f"{path}: {len(editor_missing)} editor tensors missing, e.g. {editor_missing[0]}")
+  flat_old = traverse_flat(params["lips"])
+  flat_new = traverse_flat(new["lips"])
+  worst = max(float(np.max(np.abs(np.asarray(flat_old[k]) - np.asarray(flat_new[k])))) for k in flat_old)
+  if worst > 0:
+    raise CheckpointError(f"{path}: its lips encoder differs from the pose model's (max |diff| {worst:.3g}): the pose"
+                          " vectors would drive it in another space; swap only editors that share the lips encoder"
+                          " (an editor and the maskfree fine-tune of it)")
+  return new, bool(json.loads(meta["masked"]))
+
+
+def traverse_flat(tree) -> dict:
+  from flax import traverse_util
+  return traverse_util.flatten_dict(tree, sep="/")
+
+
+def evaluate(workdir: str, *, split: str = "test", n: int = 32, step: int | None = None, seed: int = 0,
+             editor: str = "", lips_source: str = "pose", syncnet: str = ""):
+  """-> (step, metrics). editor: another editor release to render with (pose workdirs); lips_source: pose | oracle;
+  syncnet: a local SyncNet weight file (pose workdirs: + LSE-C / LSE-D)."""
   from shared.checkpoint import restore
   from flashlips_jax.task import make_task
   r = restore(workdir, step)
   cfg = r.config
   cfg.objective.require_vae_init = cfg.objective.require_editor_init = False     # weights come from the checkpoint
+  params = r.params
+  if lips_source != "pose" and cfg.model.stage != "pose":
+    from shared.errors import ConfigError
+    raise ConfigError(f"--lips {lips_source} is for pose workdirs (stage here: {cfg.model.stage!r})", key="lips")
+  if syncnet and cfg.model.stage != "pose":
+    from shared.errors import ConfigError
+    raise ConfigError(f"--syncnet scores re-synced clips of pose workdirs (stage here: {cfg.model.stage!r})",
+                      key="syncnet")
+  if syncnet:
+    from shared.metrics.sync import load_syncnet
+    load_syncnet(syncnet)                                  # a bad file fails before any clip is rendered
+  if editor:
+    params, masked = swap_editor(params, cfg, editor)
+    cfg.model.masked = masked
   task = make_task(cfg)
-  return r.step, metrics_for(task, {"params": r.params, **r.model_state}, cfg, split, n, seed=seed)
+  metrics = metrics_for(task, {"params": params, **r.model_state}, cfg, split, n, seed=seed, lips_source=lips_source,
+                        syncnet=syncnet)
+  if editor:
+    metrics["editor"] = editor
+  return r.step, metrics
 
 
 def main():
   f = cli.FLAGS
-  step, metrics = evaluate(f.workdir, split=f.split, n=f.n, step=f.step, seed=f.seed)
-  cli.write_eval(f.workdir, step, metrics, split=f.split, n_requested=f.n)
+  step, metrics = evaluate(f.workdir, split=f.split, n=f.n, step=f.step, seed=f.seed, editor=f.editor or "",
+                           lips_source=f.lips, syncnet=f.syncnet or "")
+  name = "_".join(x for x in (f.name, "oracle" if f.lips == "oracle" else "", f"seed{f.seed}" if f.seed else "") if x)
+  cli.write_eval(f.workdir, step, metrics, name=name, split=f.split, n_requested=f.n)
 
 
 if __name__ == "__main__":
+  from absl import flags
   cli.define_eval_flags(default_n=32)
+  flags.DEFINE_string("editor", None, "Pose workdirs: render with this editor release's editor instead (REL from "
+                      "python -m flashlips_jax.export of the editor / maskfree workdir).")
+  flags.DEFINE_enum("lips", "pose", ["pose", "oracle"], "Pose workdirs: lips vectors from the pose model (pose) or "
+                    "the new clip's own mouth crops (oracle).")
+  flags.DEFINE_string("syncnet", None, "Pose workdirs: SyncNet weights (syncnet_v2.model or .safetensors, local) for "
+                      "LSE-C / LSE-D of the edited clips (new / original speech) and the real clips.")
+  flags.DEFINE_string("name", "", "Suffix of the eval file: DIR/eval/<step>_<name>.json (default <step>.json).")
   cli.run(main)

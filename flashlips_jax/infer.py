@@ -6,8 +6,10 @@ audio). W is a pose-stage workdir (it holds the pose Transformer and the frozen 
 or mask-free).
 
   1. the face crop, mouth box and mouth crops of every frame from the clip's keypoints (--pose P: a .npy [T, 20, 3]
-     of SynthCue keypoints in frame units; default <stem>_pose.npy beside the video; a real video needs a face
-     landmark detector, not built);
+     of SynthCue keypoints in frame units; default <stem>_pose.npy beside the video) or, for a real video, from
+     its 68-point face landmarks (--landmarks L: [T, 68, 2] pixels, iBUG order, as face_alignment / auto_avsr
+     preprocessing writes them; default <stem>_landmarks.npy): the face size from the eye distance, the mouth box
+     from the lips' extent over the clip (no detector runs here: landmarks come from the user's own);
   2. the output has as many frames as the speech lasts (25 fps); a shorter video is played back and forth, a
      longer one is cut;
   3. lips vectors from the speech: the pose Transformer in windows of data.frames frames (sampling.steps Euler
@@ -30,17 +32,34 @@ from absl import flags
 from shared import cli
 
 
-def read_pose(video: str, pose: str | None, n_frames: int) -> np.ndarray:
+def read_pose(video: str, pose: str | None, n_frames: int, landmarks: str | None = None,
+              frame_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, float | None]:
+  """-> (keypoints [T, 20, 3] in frame units, pixels per face unit or None for SynthCue's). SynthCue keypoints
+  (--pose, default <stem>_pose.npy) or 68-point landmarks of a real video (--landmarks, default
+  <stem>_landmarks.npy: [T, 68, 2|3] pixels, iBUG convention)."""
   from shared.errors import DataError
+  from flashlips_jax.data import pose_from_landmarks68
   stem = video[:-4] if video.endswith(".mp4") else video
+  if landmarks is None and pose is None and not os.path.isfile(f"{stem}_pose.npy") \
+      and os.path.isfile(f"{stem}_landmarks.npy"):
+    landmarks = f"{stem}_landmarks.npy"
+  if landmarks is not None:
+    if not os.path.isfile(landmarks):
+      raise DataError("no such landmarks file", path=landmarks, key="landmarks")
+    lm = np.load(landmarks, allow_pickle=False)
+    if lm.ndim != 3 or lm.shape[0] != n_frames:
+      raise DataError(f"landmarks have shape {lm.shape}; expected [T={n_frames}, 68, 2]", path=landmarks,
+                      key="landmarks")
+    return pose_from_landmarks68(lm, *frame_hw, path=landmarks)
   path = pose or f"{stem}_pose.npy"
   if not os.path.isfile(path):
-    raise DataError("no keypoints for the video: give --pose (a .npy [T, 20, 3]) or put <stem>_pose.npy beside it",
-                    path=video, key="pose")
+    raise DataError("no keypoints for the video: give --pose (SynthCue keypoints .npy [T, 20, 3]) or --landmarks "
+                    "(68-point face landmarks .npy [T, 68, 2], pixels), or put <stem>_pose.npy / "
+                    "<stem>_landmarks.npy beside it", path=video, key="pose")
   x = np.load(path, allow_pickle=False)
   if x.ndim != 3 or x.shape[0] != n_frames or x.shape[2] != 3:
     raise DataError(f"pose has shape {x.shape}; expected [T={n_frames}, 20, 3]", path=path, key="pose")
-  return x.astype(np.float32)
+  return x.astype(np.float32), None
 
 
 def loop_frames(n_in: int, n_out: int) -> np.ndarray:
@@ -72,14 +91,14 @@ def paste(frame: np.ndarray, crop: np.ndarray, g, size: int) -> np.ndarray:
 
 
 def infer(workdir: str, video: str, audio: str, out: str, *, pose: str | None = None, batch: int = 16,
-          seed: int = 0, step: int | None = None) -> dict:
+          seed: int = 0, step: int | None = None, landmarks: str | None = None) -> dict:
   from shared.checkpoint import restore
   from shared.data.media import read_mp4, read_wav, write_mp4
   from shared.errors import ConfigError
   from flashlips_jax import data as data_lib
   from flashlips_jax.task import make_task
   m = read_mp4(video, with_audio=False)
-  kp = read_pose(video, pose, m.frames.shape[0])
+  kp, unit = read_pose(video, pose, m.frames.shape[0], landmarks, m.frames.shape[1:3])
   wav, _ = read_wav(audio, sample_rate=16000)
   r = restore(workdir, step)
   cfg = r.config
@@ -94,7 +113,7 @@ def infer(workdir: str, video: str, audio: str, out: str, *, pose: str | None = 
   n_out = max(1, int(np.ceil(len(wav) * fps / 16000)))
   frames = m.frames
   h, w = frames.shape[1:3]
-  g = data_lib.Geometry(kp, h, w, cfg.data, data_lib.latent_stride(cfg))
+  g = data_lib.Geometry(kp, h, w, cfg.data, data_lib.latent_stride(cfg), unit=unit)
   crops = data_lib.face_crops(frames, g)
   idx = loop_frames(len(frames), n_out)
   # lips vectors in windows of F frames
@@ -133,8 +152,8 @@ def infer(workdir: str, video: str, audio: str, out: str, *, pose: str | None = 
 
 def main():
   f = cli.FLAGS
-  print(json.dumps(infer(f.workdir, f.video, f.audio, f.out, pose=f.pose, batch=f.batch, seed=f.seed, step=f.step)),
-        flush=True)
+  print(json.dumps(infer(f.workdir, f.video, f.audio, f.out, pose=f.pose, batch=f.batch, seed=f.seed, step=f.step,
+                         landmarks=f.landmarks)), flush=True)
 
 
 if __name__ == "__main__":
@@ -143,6 +162,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("audio", None, "New speech (wav / flac; resampled to 16 kHz).")
   flags.DEFINE_string("out", None, "Output mp4.")
   flags.DEFINE_string("pose", None, "Keypoints .npy [T, 20, 3] (default: <stem>_pose.npy beside the video).")
+  flags.DEFINE_string("landmarks", None, "A real video's 68-point face landmarks .npy [T, 68, 2] in pixels (iBUG "
+                      "convention; default: <stem>_landmarks.npy beside the video when there is no <stem>_pose.npy).")
   flags.DEFINE_integer("batch", 16, "Editor batch (frames per call).")
   flags.DEFINE_integer("seed", 0, "Noise seed of the lips-pose sampler.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")

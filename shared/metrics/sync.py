@@ -125,6 +125,30 @@ def convert_torch_state_dict(state: dict[str, Any]) -> dict:
   return {"params": params, "batch_stats": stats}
 
 
+def to_torch_state_dict(variables: dict) -> dict[str, np.ndarray]:
+  """The inverse of convert_torch_state_dict: Flax variables -> syncnet_python's state dict names (numpy)."""
+  p, st = variables["params"], variables["batch_stats"]
+  out: dict[str, np.ndarray] = {}
+
+  def bn(tower, name, key):
+    out[f"{key}.weight"], out[f"{key}.bias"] = (np.asarray(p[tower][name][k], np.float32) for k in ("scale", "bias"))
+    out[f"{key}.running_mean"], out[f"{key}.running_var"] = (np.asarray(st[tower][name][k], np.float32)
+                                                             for k in ("mean", "var"))
+
+  for tower, prefix, nd in (("aud", "aud", 2), ("lip_tower", "lip", 3)):
+    inv = (3, 2, 0, 1) if nd == 2 else (4, 3, 0, 1, 2)
+    for i, j in enumerate(TORCH_CONV_INDEX):
+      key = f"netcnn{prefix}.{j}"
+      out[f"{key}.weight"] = np.asarray(p[tower][f"{prefix}_conv{i}"]["kernel"], np.float32).transpose(inv)
+      out[f"{key}.bias"] = np.asarray(p[tower][f"{prefix}_conv{i}"]["bias"], np.float32)
+      bn(tower, f"{prefix}_bn{i}", f"netcnn{prefix}.{j + 1}")
+    for n, j in (("fc0", 0), ("fc1", 3)):
+      out[f"netfc{prefix}.{j}.weight"] = np.asarray(p[tower][f"{prefix}_{n}"]["kernel"], np.float32).T
+      out[f"netfc{prefix}.{j}.bias"] = np.asarray(p[tower][f"{prefix}_{n}"]["bias"], np.float32)
+    bn(tower, f"{prefix}_fc_bn", f"netfc{prefix}.1")
+  return out
+
+
 def load_syncnet(path: str | os.PathLike) -> tuple[SyncNet, dict]:
   """Load SyncNet weights from a local file: .safetensors / .npz with syncnet_python's key names, or
   the original syncnet_v2.model (a PyTorch state dict, read with torch.load(weights_only=True))."""
@@ -211,3 +235,48 @@ def syncnet_windows(frames: np.ndarray, audio: np.ndarray, sample_rate: int = 16
   lips = np.stack([vid[i:i + 5] for i in range(w)]) if w else np.zeros((0, 5) + vid.shape[1:], np.float32)
   aud = np.stack([cc[:, 4 * i:4 * i + 20] for i in range(w)]) if w else np.zeros((0, 13, 20), np.float32)
   return lips, aud
+
+
+SYNCNET_SIZE = 224
+
+
+class SyncScorer:
+  """LSE-C / LSE-D / offset of a talking clip with SyncNet weights from a local file (load_syncnet):
+  `scorer(frames [T, H, W, 3] uint8 RGB face crops at 25 fps, audio [S] 16 kHz) -> {lse_c, lse_d, offset}`.
+  Frames that are not 224 x 224 are resized (bilinear), as syncnet_python resizes its face crops; windows as
+  syncnet_windows cuts them, embedded in fixed batches (one compile); a clip of 5 frames or fewer raises."""
+
+  def __init__(self, path: str | os.PathLike, batch: int = 16, vshift: int = 15):
+    self.model, self.variables = load_syncnet(path)
+    self.batch, self.vshift = int(batch), int(vshift)
+    model = self.model
+    self._audio = jax.jit(lambda v, x: model.apply(v, x, method=SyncNet.audio))
+    self._lip = jax.jit(lambda v, x: model.apply(v, x, method=SyncNet.lip))
+
+  def _embed(self, fn, x: np.ndarray) -> np.ndarray:
+    n, b = len(x), self.batch
+    out = []
+    for i in range(0, n, b):
+      chunk = x[i:i + b]
+      k = len(chunk)
+      if k < b:
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - k, 0)])
+      out.append(np.asarray(fn(self.variables, jnp.asarray(chunk)))[:k])
+    return np.concatenate(out)
+
+  def __call__(self, frames: np.ndarray, audio: np.ndarray, sample_rate: int = 16000) -> dict[str, float]:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+      raise ValueError(f"SyncScorer: frames have shape {frames.shape}; expected [T, H, W, 3] uint8 RGB")
+    if frames.shape[1:3] != (SYNCNET_SIZE, SYNCNET_SIZE):
+      from PIL import Image
+      frames = np.stack([np.asarray(Image.fromarray(np.asarray(f, np.uint8)).resize(
+          (SYNCNET_SIZE, SYNCNET_SIZE), Image.BILINEAR)) for f in frames])
+    lips, aud = syncnet_windows(frames, audio, sample_rate)
+    if len(lips) == 0:
+      raise ValueError(f"SyncScorer: {len(frames)} frames / {len(audio) / sample_rate:.2f} s of audio: SyncNet "
+                       "needs more than 5 frames of both")
+    return lse(self._lip_embed(lips), self._embed(self._audio, aud), self.vshift)
+
+  def _lip_embed(self, lips: np.ndarray) -> np.ndarray:
+    return self._embed(self._lip, lips)

@@ -116,6 +116,54 @@ def test_examples_crops_box_and_speech():
   assert np.isfinite(clip["audio"]).all() and clip["audio"].std() > 0.1
 
 
+def landmarks68_of(pose, height, width, rng, wide=False):
+  """68-point landmarks (pixels) consistent with SynthCue keypoints: 6 points around each eye centre (mean = the
+  keypoint), the 20 lip points spread over the mouth keypoints' extent; wide: a 640 x 360 frame holding the face
+  at twice the size (the crop must follow the face, not the frame)."""
+  t = len(pose)
+  lm = np.zeros((t, 68, 2), np.float32)
+  sc = np.array([width, height], np.float32)
+  ring = rng.normal(size=(6, 2)).astype(np.float32)
+  ring -= ring.mean(0)
+  for k, sl in ((0, slice(36, 42)), (1, slice(42, 48))):
+    lm[:, sl] = pose[:, k:k + 1, :2] * sc + ring
+  mouth = pose[:, 4:8, :2] * sc
+  w = rng.uniform(size=(16, 4)).astype(np.float32)
+  lm[:, 48:52] = mouth
+  lm[:, 52:68] = np.einsum("tkc,jk->tjc", mouth, w / w.sum(1, keepdims=True))   # inside the extent
+  return lm
+
+
+def test_real_video_landmarks_give_the_synthcue_geometry():
+  """A real video's 68-point landmarks -> the same face crop and mouth box as SynthCue's own keypoints when they
+  describe the same face; scaled / moved in a larger frame, the crop follows the face."""
+  cfg = micro()
+  d = cfg.data
+  s = data_lib.source(d, "train")[0]
+  h, w = s["video"].shape[1:3]
+  g = data_lib.Geometry(s["pose"], h, w, d, 2)
+  lm = landmarks68_of(s["pose"], h, w, np.random.default_rng(0))
+  kp, unit = data_lib.pose_from_landmarks68(lm, h, w)
+  assert kp.shape == (len(lm), 20, 3) and unit == pytest.approx(data_lib.FACE_UNIT * w, rel=1e-3)
+  g2 = data_lib.Geometry(kp, h, w, d, 2, unit=unit)
+  np.testing.assert_allclose(g2.face, g.face, atol=0.05)
+  np.testing.assert_array_equal(g2.box, g.box)
+  # the same face twice as large, moved, in a 640 x 360 frame: the same box in crop pixels
+  big = lm * 2 + np.array([100.0, 20.0], np.float32)
+  kp3, unit3 = data_lib.pose_from_landmarks68(big, 360, 640)
+  g3 = data_lib.Geometry(kp3, 360, 640, d, 2, unit=unit3)
+  assert unit3 == pytest.approx(2 * unit, rel=1e-4)
+  np.testing.assert_allclose(g3.face, (2 * g2.face[0] + 100, 2 * g2.face[1] + 20, 2 * g2.face[2]), atol=0.1)
+  np.testing.assert_array_equal(g3.box, g2.box)
+  from shared.errors import DataError
+  with pytest.raises(DataError, match=r"\[T, 68, 2\]"):
+    data_lib.pose_from_landmarks68(lm[:, :60], h, w)
+  bad = lm.copy()
+  bad[3, 50] = np.nan
+  with pytest.raises(DataError, match="NaN"):
+    data_lib.pose_from_landmarks68(bad, h, w)
+
+
 def test_box_mask_and_lips_probe():
   m = np.asarray(box_mask(jnp.asarray([[2, 5, 1, 3]]), 6))[0, ..., 0]
   want = np.zeros((6, 6))
@@ -285,6 +333,54 @@ def test_pose_stage_flow_matching_trains(editor, pose, tmp_path):
   top = min(n, len(a["video"]))
   diff = np.abs(got.frames[:top, :20].astype(int) - a["video"][:top, :20]).mean()   # the upper face: untouched
   assert diff < 6, diff
+  # the same clip as a "real" video: 68-point landmarks beside it instead of SynthCue keypoints -> the same output
+  os.remove(tmp_path / "face_pose.npy")
+  np.save(str(tmp_path / "face_landmarks.npy"), landmarks68_of(a["pose"], *a["video"].shape[1:3],
+                                                             np.random.default_rng(1)))
+  row2 = infer(wd, clip, wav, str(tmp_path / "synced_lm.mp4"), batch=8)
+  got2 = read_mp4(str(tmp_path / "synced_lm.mp4"), with_audio=False)
+  assert row2["frames"] == n and np.abs(got2.frames.astype(int) - got.frames).mean() < 1.0
+
+
+def test_evaluate_swaps_editor_and_oracle_lips(editor, pose, tmp_path):
+  """evaluate --editor REL renders a pose workdir with another editor release that shares its lips encoder (the
+  masked / mask-free comparison under one pose model); --lips oracle drives it with the new clip's own lips."""
+  from shared.errors import CheckpointError
+  from shared.weights.init import save_params
+  from flashlips_jax.evaluate import evaluate
+  cfg, result, wd = pose
+  _, base = evaluate(wd, n=4)
+  assert base["psnr_outside"] > 100 > base["psnr_outside_raw"]          # masked: pasted back, exact outside the box
+  _, same = evaluate(wd, n=4, editor=editor[4])                          # the editor it was trained on: same figures
+  for k in ("sync_new", "sync_orig", "psnr_outside", "psnr_outside_raw"):
+    assert same[k] == pytest.approx(base[k], abs=1e-9), k
+  p = result.state.params
+  rel = tmp_path / "mf"
+  rel.mkdir()
+  other = {"lips": p["lips"], "reference": jax.tree.map(lambda a: np.asarray(a) * 0.5, p["reference"]),
+           "unet": p["unet"]}
+  save_params(str(rel / "editor.safetensors"), other, metadata={"format": "flashlips_editor", "masked": False})
+  _, mf = evaluate(wd, n=4, editor=str(rel))
+  assert not mf["masked"] and mf["psnr_outside"] == mf["psnr_outside_raw"] and mf["editor"] == str(rel)
+  assert mf["sync_new"] != base["sync_new"]
+  other["lips"] = jax.tree.map(lambda a: np.asarray(a) + 1.0, p["lips"])
+  save_params(str(rel / "editor.safetensors"), other, metadata={"format": "flashlips_editor", "masked": True})
+  with pytest.raises(CheckpointError, match="lips encoder differs"):
+    evaluate(wd, n=4, editor=str(rel))
+  with pytest.raises(CheckpointError, match="no editor release"):
+    evaluate(wd, n=4, editor=str(tmp_path / "nowhere"))
+  # --syncnet: LSE-C / LSE-D with SyncNet weights from a local file (random ones here, in syncnet_python's names)
+  from safetensors.numpy import save_file
+  from shared.metrics import sync
+  sn = sync.SyncNet(embed_dim=16)
+  sv = sn.init(jax.random.key(0), np.zeros((1, 13, 20), np.float32), np.zeros((1, 5, 224, 224, 3), np.float32))
+  save_file(sync.to_torch_state_dict(jax.tree.map(np.asarray, nn.meta.unbox(dict(sv)))),
+            str(tmp_path / "syncnet.safetensors"))
+  _, ls = evaluate(wd, n=2, syncnet=str(tmp_path / "syncnet.safetensors"))
+  assert all(np.isfinite(ls[f"lse_{m}_{k}"]) for m in "cd" for k in ("new", "orig", "real")) and ls["lse_d_new"] > 0
+  _, orc = evaluate(wd, n=4, lips_source="oracle")
+  assert orc["lips"] == "oracle" and np.isfinite(orc["sync_new"]) and orc["sync_new"] != base["sync_new"]
+  assert orc["sync_real"] == base["sync_real"]                            # the same clips
 
 
 # ----------------------------------------------------------------------------------------------- paper size

@@ -175,6 +175,10 @@ def test_syncnet_flax_matches_torch_with_converted_weights(tmp_path):
     loaded_model, loaded = sync.load_syncnet(tmp_path / name)
     assert loaded_model.embed_dim == 64
     jax.tree.map(np.testing.assert_array_equal, loaded, variables)
+  back = sync.to_torch_state_dict(variables)                 # the other direction: syncnet_python's names
+  assert set(back) == set(sd)
+  for k, v in sd.items():
+    np.testing.assert_array_equal(back[k], v.numpy(), err_msg=k)
   with pytest.raises(CheckpointError, match="netfclip.3.bias"):
     sync.convert_torch_state_dict({k: v for k, v in sd.items() if k != "netfclip.3.bias"})
   # Windows as syncnet_python cuts them: W = min(T, S // 640) - 5, 4 MFCC steps per frame.
@@ -182,6 +186,19 @@ def test_syncnet_flax_matches_torch_with_converted_weights(tmp_path):
   lw, aw = sync.syncnet_windows(frames, rng.standard_normal(16000 * 12 // 25).astype(np.float32) * 0.1)
   assert lw.shape == (7, 5, 224, 224, 3) and aw.shape == (7, 13, 20)
   np.testing.assert_array_equal(lw[2, 0], frames[2, ..., ::-1])
+  # a clip's LSE through SyncScorer == the windows embedded by the model + lse()
+  audio = rng.standard_normal(16000 * 12 // 25).astype(np.float32) * 0.1
+  scorer = sync.SyncScorer(tmp_path / "syncnet.safetensors", batch=4)
+  got = scorer(frames, audio)
+  va, vv = jax.jit(model.apply)(variables, aw, lw)
+  want = sync.lse(np.asarray(vv), np.asarray(va), 15)
+  for k in ("lse_c", "lse_d"):
+    assert got[k] == pytest.approx(want[k], rel=1e-4), k
+  assert got["offset"] == want["offset"]
+  small = scorer(frames[:, ::4, ::4], audio)                 # 56 px crops are resized to 224
+  assert np.isfinite(small["lse_d"])
+  with pytest.raises(ValueError, match="more than 5 frames"):
+    scorer(frames[:5], audio)
 
 
 def test_mfcc_matches_python_speech_features():
