@@ -117,11 +117,26 @@ def test_loss_finite_and_falls(name):
     assert set(s0) == set(s1) and any(not np.allclose(s0[k], s1[k]) for k in s0)
 
 
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+  """name -> the directory pretrain_export wrote for that stand-in's trained variables (made once, on first use:
+  any test may run alone)."""
+  made: dict = {}
+
+  def get(name):
+    if name not in made:
+      cfg, _, _, _, _, v1 = trained(name)
+      out = str(tmp_path_factory.mktemp(f"export_{name}"))
+      E.write(cfg, v1["params"], {k: v for k, v in v1.items() if k != "params"}, out)
+      made[name] = out
+    return made[name]
+  return get
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_export_reads_back_the_trained_subtree(name, tmp_path):
+def test_export_reads_back_the_trained_subtree(name, export_dir):
   cfg, task, b, losses, v0, v1 = trained(name)
-  out = str(tmp_path / name)
-  E.write(cfg, v1["params"], {k: v for k, v in v1.items() if k != "params"}, out)
+  out = export_dir(name)
   info = json.load(open(os.path.join(out, "standin.json")))
   assert info["standin"] == name and info["family"] == E.ROLES[name][0]
   module, got = load_pretrained(out)
@@ -140,17 +155,13 @@ def test_export_reads_back_the_trained_subtree(name, tmp_path):
   for k, v in traverse_util.flatten_dict(v1).items():
     if k[1] == prefix:
       np.testing.assert_array_equal(np.asarray(fb[k]), np.asarray(v), err_msg=str(k))
-  _CACHE[f"export/{name}"] = out
 
 
-def test_tiny_trimodal_init_reads_every_export():
-  for name in NAMES:
-    if f"export/{name}" not in _CACHE:
-      pytest.skip("needs the export tests' directories")
+def test_tiny_trimodal_init_reads_every_export(export_dir):
   cfg = tiny_config("stage1")
   cfg.data.update(dict(frame_buckets=(32,), label_buckets=(8,)))
   for name in NAMES:
-    cfg.init[name].path = _CACHE[f"export/{name}"]
+    cfg.init[name].path = export_dir(name)
   task = task_lib.make_task(cfg)
   spec = task_lib.batch_spec(cfg)
   abstract = jax.eval_shape(lambda r, b: nn.meta.unbox(task.init_params(r, b)), jax.random.key(0), spec)
