@@ -37,10 +37,61 @@ MEL_BINS = audioldm_mel.N_MELS
 MOUTH_KP = slice(4, 8)
 
 
+SOURCES = ("synthcue", "folder")
+
+
+class FolderSource:
+  """Real talking-face videos (HDTF / CelebV-HQ style, one speaker per clip): data.root/<split>/<name>.mp4 with its
+  audio track, beside it <name>_landmarks.npy ([T, 68, 2|3] pixels, iBUG order: from the user's own face-landmark
+  detector, e.g. face_alignment; none runs here). Random access (grain): sample i -> {"video" [T, H, W, 3] uint8,
+  "audio" [S] float32 16 kHz, "pose" [T, 20, 3] (pose_from_landmarks68), "face_unit" (pixels per face unit),
+  "path"}; no viseme truth (lip_params absent: the probe and objective.lips_gt_weight need SynthCue). A video at
+  another frame rate than data.fps, or frames / landmarks of different lengths, is a DataError naming the file."""
+
+  def __init__(self, data, split: str, *, video: bool = True, audio: bool = True):
+    import glob
+    import os
+    root = str(data.get("root", "") or "")
+    if not root:
+      raise ConfigError("data.source='folder' needs data.root (a directory with train/ and test/ folders of mp4s)",
+                        key="data.root")
+    where = os.path.join(root, split)
+    if not os.path.isdir(where):
+      raise ConfigError(f"data.root={root!r}: no {split}/ folder in it")
+    self.paths = [p for p in sorted(glob.glob(os.path.join(where, "*.mp4")))
+                  if os.path.isfile(p[:-4] + "_landmarks.npy")]
+    if not self.paths:
+      raise DataError("no <name>.mp4 with <name>_landmarks.npy beside it", path=where)
+    self.fps, self.with_audio = float(data.fps), bool(audio)
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, i: int) -> dict:
+    from shared.data.media import read_mp4
+    path = self.paths[int(i)]
+    m = read_mp4(path, with_audio=self.with_audio, sample_rate=16000 if self.with_audio else None)
+    if abs(float(m.fps) - self.fps) > 0.01:
+      raise DataError(f"{m.fps:g} fps; data.fps is {self.fps:g} (resample the videos first)", path=path)
+    if self.with_audio and m.audio is None:
+      raise DataError("no audio track", path=path, key="audio")
+    lm_path = path[:-4] + "_landmarks.npy"
+    lm = np.load(lm_path, allow_pickle=False)
+    if len(lm) != len(m.frames):
+      raise DataError(f"{len(lm)} landmark frames for {len(m.frames)} video frames", path=lm_path)
+    pose, unit = pose_from_landmarks68(lm, *m.frames.shape[1:3], path=lm_path)
+    out = {"video": m.frames, "pose": pose, "face_unit": unit, "path": path, "index": int(i)}
+    if self.with_audio:
+      out["audio"] = np.asarray(m.audio, np.float32)
+    return out
+
+
 def source(data, split: str = "train", *, video: bool = True, audio: bool = True):
-  if data.get("source", "synthcue") != "synthcue":
-    raise ConfigError(f"data.source={data.source!r}: only 'synthcue' is wired (real lip-sync datasets need a face "
-                      "landmark detector for the mouth box, not built)")
+  kind = data.get("source", "synthcue")
+  if kind == "folder":
+    return FolderSource(data, split, video=video, audio=audio)
+  if kind != "synthcue":
+    raise ConfigError(f"data.source={kind!r}: expected one of {SOURCES}")
   return synthcue_source(data, split, "speech", render_video=video, render_audio=audio)
 
 
@@ -174,7 +225,7 @@ def latent_stride(cfg) -> int:
 # ----------------------------------------------------------------------------- examples
 
 def _check(sample, video: bool = True):
-  where = f"SynthCue sample {sample.get('index', '?')}"
+  where = sample.get("path") or f"SynthCue sample {sample.get('index', '?')}"
   if video and (sample.get("video") is None or np.ndim(sample["video"]) != 4):
     raise DataError("expected colour frames 'video' [T, H, W, 3]", path=where, key="video")
   if sample.get("pose") is None:
@@ -186,7 +237,7 @@ def prepare_pairs(sample, rng: np.random.Generator, *, data, stride: int) -> dic
   _check(sample)
   video = np.asarray(sample["video"], np.uint8)
   t, h, w = video.shape[:3]
-  g = Geometry(sample["pose"], h, w, data, stride)
+  g = Geometry(sample["pose"], h, w, data, stride, unit=sample.get("face_unit"))
   p = int(data.pairs_per_clip)
   ti = rng.integers(0, t, p)
   ri = (ti + rng.integers(1, max(t, 2), p)) % t               # another frame of the clip
@@ -203,7 +254,7 @@ def prepare_clip(sample, *, data, stride: int, video: bool = False, audio=None) 
   f = int(data.frames)
   frames = np.asarray(sample["video"], np.uint8)[:f]
   t, h, w = frames.shape[:3]
-  g = Geometry(sample["pose"], h, w, data, stride)
+  g = Geometry(sample["pose"], h, w, data, stride, unit=sample.get("face_unit"))
   crops = face_crops(frames, g)
   if t < f:                                                   # repeat the last frame (mouth closed at the end)
     crops = np.concatenate([crops, np.repeat(crops[-1:], f - t, 0)])

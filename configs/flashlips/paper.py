@@ -14,7 +14,9 @@ pose, vae=DIR / editor=REL).
   pose     Transformer 512-d, 8 layers, 8 heads, over 4 log-mel frames x 64 bins per video frame (the paper's audio
            encoder is not public)
   training AdamW 1e-4, batch 32, bfloat16 compute
-Data: SynthCue at 512 px frames (the only source wired; real lip-sync sets need a face landmark detector).
+Data: SynthCue at 512 px frames, or real talking-face videos (HDTF / CelebV-HQ style): --config.data.source=folder
+--config.data.root=DIR, DIR/<split>/<name>.mp4 (25 fps, with audio) + <name>_landmarks.npy (68 points, pixels, from
+your own face-landmark detector; flashlips_jax.data.FolderSource).
 """
 from configs.flashlips.tiny import LIPS_DIM, add_init_entries, parse_arg
 from configs.flashlips.tiny import get_config as tiny_config

@@ -16,6 +16,8 @@ Data: SynthCue `speech` mode (lexicon 24 syllables, one clause per clip, 36 spea
 held-out faces at L1 0.42 vs 0.11 on training faces after 80 steps), 64 px frames, 32 px face crops (3.33 face units), the mouth box from keypoints 4-7 (fixed per clip, margin
 0.25, snapped to the VAE's stride 4), 16 px mouth crops (1.4 face units); 2 (target, reference) pairs per clip;
 pose stage: the first 48 frames (1.92 s) with the AudioLDM log-mel (4 frames x 64 bins per video frame).
+Real videos: --config.data.source=folder --config.data.root=DIR (DIR/train, DIR/test: <name>.mp4 at data.fps with
+audio + <name>_landmarks.npy, 68-point landmarks in pixels from your own detector; flashlips_jax.data.FolderSource).
 Model: VAE (32, 64, 64) channels, 4 latent channels, stride 4 (latents 8 x 8 x 4); lips encoder (16, 32, 64)
 -> 8 + 4; reference backbone 32 channels, 1 block; editor UNet (64, 128), 1 layer per block, self-attending mid
 block (in 4 + 32 + 12 = 48, out 4); pose Transformer 128-d, 3 layers, 4 heads.
@@ -85,7 +87,7 @@ def get_config(arg: str = ""):
       optimizer=dict(name="adamw", learning_rate=1e-3, weight_decay=0.01), schedule=dict(warmup_steps=100),
       checkpoint=dict(every_steps=500, keep=3), precision=dict(compute_dtype="float32"))
   c.data = ml_collections.ConfigDict(dict(
-      source="synthcue", seed=0, num_samples=100_000, lexicon_size=24, max_homophones=3, n_speakers=36,
+      source="synthcue", root="", seed=0, num_samples=100_000, lexicon_size=24, max_homophones=3, n_speakers=36,
       n_test_speakers=4, clauses=(1, 1), frame_size=64, fps=25,
       image_size=32, crop_scale=32 / (0.15 * 64), mouth_scale=1.4, mouth_size=16, mask_margin=0.25,
       pairs_per_clip=2, frames=48, mel_mean=-4.63, mel_std=2.74,

@@ -164,6 +164,41 @@ def test_real_video_landmarks_give_the_synthcue_geometry():
     data_lib.pose_from_landmarks68(bad, h, w)
 
 
+def test_folder_source_reads_real_style_videos(tmp_path):
+  """data.source='folder': mp4s with audio + 68-point landmarks -> the same examples as the SynthCue clips they were
+  written from (video through the mp4 codec: close, not equal); bad files are named."""
+  from shared.data.media import write_mp4
+  from shared.errors import DataError
+  cfg = micro()
+  d = cfg.data
+  src = data_lib.source(d, "train")
+  for split, idx in (("train", (0, 1)), ("test", (2,))):
+    (tmp_path / split).mkdir()
+    for i in idx:
+      s = src[i]
+      write_mp4(str(tmp_path / split / f"c{i}.mp4"), s["video"], fps=25, audio=s["audio"], sample_rate=16000, crf=0,
+                pix_fmt="yuv444p")
+      np.save(str(tmp_path / split / f"c{i}_landmarks.npy"),
+              landmarks68_of(s["pose"], *s["video"].shape[1:3], np.random.default_rng(i)))
+  (tmp_path / "train" / "nolm.mp4").write_bytes(b"")                   # no landmarks beside it: not listed
+  cfg.data.update(dict(source="folder", root=str(tmp_path)))
+  fs = data_lib.source(cfg.data, "train")
+  assert len(fs) == 2 and len(data_lib.source(cfg.data, "test")) == 1
+  got = data_lib.prepare_clip(fs[1], data=cfg.data, stride=2, video=True)
+  want = data_lib.prepare_clip(src[1], data=d, stride=2, video=True)
+  np.testing.assert_array_equal(got["box"], want["box"])
+  assert np.abs(got["frames"].astype(int) - want["frames"]).mean() < 3                # the codec's loss only
+  assert np.abs(got["audio"] - want["audio"]).mean() < 0.05                           # AAC: close in log-mel
+  ex = data_lib.prepare_pairs(fs[0], np.random.default_rng(0), data=cfg.data, stride=2)
+  assert ex["target"].shape == (1, 16, 16, 3) and ex["lip_params"].shape == (1, 3)
+  np.save(str(tmp_path / "train" / "c0_landmarks.npy"), np.zeros((3, 68, 2), np.float32))
+  with pytest.raises(DataError, match="3 landmark frames .*c0_landmarks.npy"):
+    fs[0]
+  cfg.data.root = str(tmp_path / "nowhere")
+  with pytest.raises(ConfigError, match="no train/ folder"):
+    data_lib.source(cfg.data, "train")
+
+
 def test_box_mask_and_lips_probe():
   m = np.asarray(box_mask(jnp.asarray([[2, 5, 1, 3]]), 6))[0, ..., 0]
   want = np.zeros((6, 6))
@@ -174,6 +209,7 @@ def test_box_mask_and_lips_probe():
   gt = lips[:, 8:11] @ rng.normal(size=(3, 3)) + 0.5
   assert lips_probe(lips, gt) > 0.999
   assert lips_probe(rng.normal(size=(64, 12)), gt) < 0.4
+  assert np.isnan(lips_probe(lips, np.zeros((64, 3))))          # no truth (real videos): not measured, not 1.0
 
 
 def test_editor_shapes_abstractly():
