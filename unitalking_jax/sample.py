@@ -1,7 +1,11 @@
 """`python -m unitalking_jax.sample --workdir DIR --task t2av --text "..." [--image F] [--ref_audio F]
-[--video F] --out out.mp4`
+[--video F] --out out.mp4`       (or `--release R` instead of `--workdir DIR`)
 
-Generates one clip with the latest checkpoint in DIR (config from DIR/config.json). --text: toneless
+Generates one clip with the latest checkpoint in DIR (config from DIR/config.json), or, with --release R, from a
+release directory written by `python -m unitalking_jax.export` (unitalking_jax/release.py: its transformer,
+codecs, tokenizer and scheduler settings; no workdir, no SynthCue). With --release the initial noise is
+jax.random.normal(key(--seed), [1, Nv + Na]), exactly what the PyTorch pipeline takes as `noise=`
+(unitalking_jax.torch_pipeline). --text: toneless
 pinyin syllables ("ma ba luo") or Chinese characters (converted with pypinyin); with data.text = "umt5" any
 prompt (encoded by the config's frozen UMT5, data.text_tokenizer / data.text_encoder). --image: first frame (PNG/JPG,
 resized to the config's frame size; ti2av). --ref_audio: a wav whose voice to mimic (tr2av). --video: an mp4
@@ -39,7 +43,10 @@ def define_flags():
   flags.DEFINE_string("video", None, "Given video mp4 (tv2a): face crops, resized to the model's frame size.")
   flags.DEFINE_string("out", "out.mp4", "Output mp4.")
   flags.DEFINE_integer("seed", 0, "Noise seed.")
-  flags.mark_flags_as_required(["workdir"])
+  flags.DEFINE_string("release", None, "A release directory (python -m unitalking_jax.export) instead of --workdir.")
+  flags.register_multi_flags_validator(
+      ["workdir", "release"], lambda v: (v["workdir"] is None) != (v["release"] is None),
+      message="--workdir is required (a training workdir), or --release R (a release directory): exactly one")
 
 
 def check_inputs(task: str, text: str, **given: str | None) -> None:
@@ -148,6 +155,9 @@ def main():
   check_inputs(f.task, f.text, **given)        # all before the checkpoint is read: seconds, not minutes
   media = read_inputs(**given)
   out = output_path(f.out)
+  if f.release:
+    sample_release(f.release, f.task, f.text, media, out, f.seed)
+    return
   from shared.checkpoint import restore
   r = restore(f.workdir)   # params only: no trainer, no data pipeline
   cli.make_dir(os.path.dirname(out), "the folder of --out")   # (before generating)
@@ -160,6 +170,22 @@ def main():
   name = os.path.splitext(os.path.basename(out))[0]
   write_samples(os.path.dirname(out), cfg, np.asarray(v), np.asarray(a), [name])
   print(f"wrote {out}")
+
+
+def sample_release(path: str, task: str, text: str, media: dict, out: str, seed: int = 0) -> str:
+  """One clip from a release directory in JAX: OUT (mp4 with audio, 4x enlarged as the workdir path writes it)
+  and OUT.wav. media: read_inputs' decoded files."""
+  from unitalking_jax import release
+  from unitalking_jax.samples import MP4_SCALE
+  rel = release.Release.load(path)
+  task, batch = release.inputs(rel, text, task=task, text_encoder=release.jax_text_encoder(rel),
+                               **{k: media.get(k) for k in INPUTS})
+  cli.make_dir(os.path.dirname(out), "the folder of --out")
+  v, a = release.jax_generate(rel, batch, task, seed=seed)
+  frames, audio = rel.decode(v[0], a[0])
+  release.write_media(out, frames, audio, float(rel.meta["fps"]), MP4_SCALE)
+  print(f"wrote {out}")
+  return out
 
 
 if __name__ == "__main__":

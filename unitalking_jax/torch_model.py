@@ -34,8 +34,8 @@ from torch import nn
 
 from shared.errors import CheckpointError, ConfigError
 from shared.torch_compat import import_torchvision
-from shared.models.wan_dit import WanDiTConfig
-from unitalking_jax.model import UniTalkingConfig, wan_params
+# JAX-free at import (the release's PyTorch pipeline runs this module without JAX): the config classes and the
+# Flax name table (unitalking_jax.model, shared.models.wan_dit) are imported where they are used.
 
 import_torchvision()   # before diffusers: a CUDA-built torchvision on a CPU torch would break its imports
 
@@ -54,6 +54,8 @@ def config_to_json(config: UniTalkingConfig) -> dict:
 
 
 def config_from_json(d: dict) -> UniTalkingConfig:
+  from shared.models.wan_dit import WanDiTConfig
+  from unitalking_jax.model import UniTalkingConfig
   d = dict(d)
   video = dict(d.pop("video"))
   video["patch_size"] = tuple(video["patch_size"])
@@ -76,6 +78,7 @@ def config_from_export(path: str) -> UniTalkingConfig:
     raise ConfigError(f"{f}: expected a '{CONFIG_KEY}' section or the training config's 'model' section; "
                       f"found keys {sorted(d)}")
   from shared.config import from_section
+  from unitalking_jax.model import UniTalkingConfig
   return from_section(UniTalkingConfig, d["model"])
 
 
@@ -203,12 +206,17 @@ def _load_text_tables(model, params: dict, where: str):
 class UniTalkingTorch(nn.Module):
   """See the module docstring."""
 
-  def __init__(self, config: UniTalkingConfig):
+  def __init__(self, config: UniTalkingConfig, video=None, audio=None):
+    """config: a UniTalkingConfig, or any object with its fields (the release pipeline's namespace: .video and
+    .audio with the WanDiTConfig fields forward reads). video / audio: the two streams when already built
+    (WanTransformer3DModel.from_pretrained), else built empty from the config."""
     super().__init__()
-    from diffusers import WanTransformer3DModel
     self.unitalking_config = config
-    self.video = WanTransformer3DModel(**_diffusers_kwargs(config.video))
-    self.audio = WanTransformer3DModel(**_diffusers_kwargs(config.audio))
+    if video is None or audio is None:
+      from diffusers import WanTransformer3DModel
+      video = WanTransformer3DModel(**_diffusers_kwargs(config.video))
+      audio = WanTransformer3DModel(**_diffusers_kwargs(config.audio))
+    self.video, self.audio = video, audio
     for block in self.audio.blocks:
       block.attn2.set_processor(TextRefAttnProcessor())
     if config.text_vocab > 0:
@@ -221,6 +229,7 @@ class UniTalkingTorch(nn.Module):
   def load_params(self, params: dict) -> "UniTalkingTorch":
     """Our params pytree (nested dicts of arrays, as UniTalking.init gives) -> this module's weights (strict)."""
     from shared.weights.wan_dit_family import export_wan_dit
+    from unitalking_jax.model import wan_params
     c = self.unitalking_config
     self.video.load_state_dict(_to_torch(export_wan_dit(wan_params(params), c.video)), strict=True)
     self.audio.load_state_dict(_to_torch(export_wan_dit(wan_params(params, "audio"), c.audio)), strict=True)
@@ -244,6 +253,7 @@ class UniTalkingTorch(nn.Module):
     model = cls(config)
     rest = _unflatten(load_file(rest_path))
     from shared.weights.wan_dit_family import export_wan_dit
+    from unitalking_jax.model import wan_params
     try:
       audio_sd = export_wan_dit(wan_params(rest, "audio"), config.audio)
     except KeyError as e:
