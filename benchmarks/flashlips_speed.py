@@ -78,12 +78,20 @@ def measure(cfg, *, batch: int = 16, iters: int = 5, with_torch: bool = False) -
 
 
 def main():
+  import os
+  import time as _time
   f = cli.FLAGS
   rows = measure(cli.FLAGS.config, batch=f.batch, iters=f.iters, with_torch=f.torch)
-  for row in rows:
-    print(json.dumps(row), flush=True)
   if len(rows) == 2:       # ratio = ours / the PyTorch export's time per batch (below 1: ours is faster)
-    print(json.dumps({"summary": True, "ratio": rows[0]["ms_per_batch"] / rows[1]["ms_per_batch"]}), flush=True)
+    rows.append({"summary": True, "image_size": rows[0]["image_size"], "batch": f.batch,
+                 "ratio": rows[0]["ms_per_batch"] / rows[1]["ms_per_batch"]})
+  stamp = _time.strftime("%Y-%m-%dT%H:%M:%S")
+  for row in rows:
+    line = json.dumps({**row, "when": stamp, "load": os.getloadavg()[0]})
+    print(line, flush=True)
+    if f.out:
+      with open(f.out, "a") as fh:
+        fh.write(line + "\n")
 
 
 if __name__ == "__main__":
@@ -92,4 +100,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("batch", 16, "Frames per call.")
   flags.DEFINE_integer("iters", 5, "Timed calls.")
   flags.DEFINE_boolean("torch", False, "Also the PyTorch export.")
+  flags.DEFINE_string("out", "", "Append the JSON lines here too (e.g. benchmarks/results/flashlips_speed.jsonl).")
   cli.run(main)

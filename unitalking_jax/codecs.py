@@ -118,3 +118,84 @@ class PCA:
 
   def decode(self, z: np.ndarray) -> np.ndarray:
     return (np.asarray(z, np.float32) * self.scale @ self.components + self.mean).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------ trained VAE codecs
+
+FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, MEL_PER_FRAME = 25, 16000, 640, 4   # the 100 Hz analysis mel: 4 per frame
+
+
+def audio_latent_frames(frames: int, latent_rate: float, fps: float = FPS) -> int:
+  """Audio latents covering T video frames: ceil(T * latent_rate / fps) (42 for 33 frames at 31.25 Hz)."""
+  from fractions import Fraction
+  return int(-(-Fraction(int(frames)) * Fraction(str(latent_rate)) // Fraction(str(fps))))
+
+
+class VAECodecs:
+  """The trained VAE codecs behind the interface of unitalking_jax.data.Codecs (framework-neutral: the video and
+  audio objects bring the network, JAX's shared.models.av_codec.WanVideoCodec / MelVAEAudioCodec or the PyTorch
+  twins of unitalking_jax.torch_pipeline).
+
+  video: encode_video(frames [T, H, W, 3] uint8) -> normalised latents [1 + (T - 1) // 4, H / s, W / s, Cv];
+    decode_video(latents) -> frames [1 + 4 (t - 1), H, W, 3] uint8; temporal_stride, spatial_stride,
+    latent_channels.
+  audio: encode_audio(audio [S], latent_frames) -> normalised latents [N, Ca]; log_mel(latents) -> the VAE's
+    log-mel [2 N, n_mels]; mel_to_audio(mel, seed) (BigVGAN or Griffin-Lim); mel (features.MelConfig),
+    latent_rate (31.25 Hz), latent_channels.
+  Here, as for the PCA codecs: encode_audio(audio, frames) takes `frames` = 4 T analysis-mel frames (T video
+  frames at 25 fps: the first T * 640 samples, zero-padded) -> [ceil(T * rate / 25), Ca]; log_mel(latents) ->
+  [4 T, n_mels] natural-log mel at 100 frames/s (the VAE's decoded mel, log10 -> ln, linearly resampled in
+  time), what the sync score and the template decoder read; decode_audio(latents) -> audio [2 N hop]."""
+  kind = "vae"
+
+  def __init__(self, video, audio, fps: float = FPS):
+    self.video, self.audio, self.fps = video, audio, fps
+
+  @property
+  def latent_rate(self) -> float:
+    return float(self.audio.latent_rate)
+
+  def audio_latent_frames(self, frames: int) -> int:
+    return audio_latent_frames(frames, self.latent_rate, self.fps)
+
+  def video_frames_of(self, audio_latents: int) -> int:
+    """T of a clip whose audio gave N latents: floor(N * fps / rate) (the inverse of ceil(T * rate / fps) for
+    rates above the frame rate)."""
+    from fractions import Fraction
+    return int(Fraction(int(audio_latents)) * Fraction(str(self.fps)) // Fraction(str(self.latent_rate)))
+
+  def encode_video(self, frames):
+    frames = np.asarray(frames)
+    st = int(self.video.temporal_stride)
+    if (frames.shape[0] - 1) % st:
+      raise DataError(f"video of {frames.shape[0]} frames: the Wan VAE encodes 1 + {st} k frames (set "
+                      f"data.frames to such a count)", key="video")
+    return np.asarray(self.video.encode_video(frames), np.float32)
+
+  def decode_video(self, latents):
+    return np.asarray(self.video.decode_video(np.asarray(latents, np.float32)))
+
+  def encode_audio(self, audio, frames: int):
+    t = int(frames) // MEL_PER_FRAME
+    x = np.asarray(audio, np.float32).reshape(-1)[:t * SAMPLES_PER_FRAME]
+    x = np.pad(x, (0, t * SAMPLES_PER_FRAME - x.shape[0]))
+    return np.asarray(self.audio.encode_audio(x, self.audio_latent_frames(t)), np.float32)
+
+  def vae_mel(self, latents):
+    """Normalised latents [N, Ca] -> the VAE's decoded log-mel [2 N, n_mels] (its own log base and rate)."""
+    return np.asarray(self.audio.log_mel(np.asarray(latents, np.float32)), np.float32)
+
+  def log_mel(self, latents):
+    latents = np.asarray(latents, np.float32)
+    mel = self.vae_mel(latents).astype(np.float64)
+    cfg = self.audio.mel
+    if cfg.log == "log10":
+      mel = mel * np.log(10.0)
+    t = self.video_frames_of(latents.shape[0])
+    src = cfg.sample_rate / cfg.hop                       # the VAE's mel rate (62.5 Hz)
+    pos = np.arange(MEL_PER_FRAME * t) * (src / (MEL_PER_FRAME * self.fps))
+    idx = np.arange(mel.shape[0])
+    return np.stack([np.interp(pos, idx, mel[:, j]) for j in range(mel.shape[1])], 1).astype(np.float32)
+
+  def decode_audio(self, latents, seed: int = 0):
+    return np.asarray(self.audio.mel_to_audio(self.vae_mel(latents), seed=seed), np.float32)

@@ -1,18 +1,34 @@
 """SynthCue speech mode -> fixed-shape UniTalking batches, and the SynthCue sync score.
 
-Codecs (`Codecs`, fitted once per data config, deterministic): video = PixelCodec space-to-depth f, then a
-PCA per latent pixel (3 f^2 -> video_pca channels); audio = MelCodec normalised log-mel, then a PCA per mel
-frame (n_mels -> audio_pca channels). Decoding inverts both (Griffin-Lim for audio).
+Codecs (`codecs(cfg)`), chosen by data.video_codec / data.audio_codec:
+  "pca" / "pca" (`Codecs`, fitted once per data config, deterministic): video = PixelCodec space-to-depth f,
+    then a PCA per latent pixel (3 f^2 -> video_pca channels); audio = MelCodec normalised log-mel, then a PCA
+    per mel frame (n_mels -> audio_pca channels). Decoding inverts both (Griffin-Lim for audio).
+  "wan_vae" / "mel_vae" (`codecs.VAECodecs`, trained, loaded from data.video_codec_path / audio_codec_path):
+    the Wan2.1/2.2-style video VAE (diffusers AutoencoderKLWan directory: DIR/video_vae of
+    `train_codec --config codec_tiny.py:video`, or the vae/ of a Wan diffusers release; stride 4 x f x f,
+    causal) and the MMAudio-style mel VAE (DIR/codec of `python -m unitalking_jax.train_codec`: 16 kHz, 80
+    log10 mels at 62.5 Hz -> latents at 31.25 Hz; Griffin-Lim vocoder). Both latents normalised per channel.
+    data.frames must be 1 + 4 k. The channel counts stay data.video_pca / data.audio_pca (the one place the
+    model's in/out channels are read from) and data.pixel_factor is the spatial stride: checked against the
+    loaded VAEs (ConfigError naming the key).
+  Mixing a PCA stream with a VAE stream is refused.
+Latent layout (`latent_layout(cfg)`, from the config alone): T = data.frames, S = the model frame side, f =
+data.pixel_factor, p = model.audio_patch (audio latents per token), Ta = audio latents:
+  pca: video [T, S/f, S/f, video_pca], Ta = 4 T (one audio token of p = 4 per video frame)
+  vae: video [1 + (T-1)/4, S/f, S/f, video_pca], Ta = ceil(T * 31.25 / 25) (5 per video latent frame)
+  model.audio_time_scale must equal p * (video latent rate / audio latent rate) (checked: the RoPE time axis).
 
 A prepared sample (all fixed shapes, so every batch compiles once):
-  video   [T, H/f, W/f, video_pca] float32   latents of the first T frames (short clips repeat their last
+  video   [t, S/f, S/f, video_pca] float32   latents of the first T frames (short clips repeat their last
                                           frame: mouth closed)
-  audio   [4 T, audio_pca] float32        latents of the first T * 640 samples (zero-padded)
+  audio   [Ta, audio_pca] float32         latents of the first T * 640 samples (zero-padded)
   text    [S] int32                       pinyin syllable ids (shared/text/pinyin_vocab.txt), 0 = pad
           | [S, text_dim] float32         data.text = "umt5": frozen UMT5 features of the clip's sentence
                                           (unitalking_jax/text_encoder.py; zero rows after the real tokens)
   text_mask [S] bool                      real text positions (pinyin: ids != 0, position 0 always)
-  ref     [T, 4 audio_pca] float32        reference audio tokens: the clip's own latents in 4-frame chunks,
+  ref     [Ta/r, r audio_pca] float32     reference audio tokens: the clip's own latents in r-frame chunks
+                                          (r = ref_patch(cfg): 4 for pca, model.audio_patch for vae),
                                           randomly permuted (keeps the voice, hides content and timing;
                                           SynthCue has no second clip of a speaker at hand - approximation
                                           of the paper's IndexTTS2 re-synthesised references)
@@ -33,10 +49,12 @@ import numpy as np
 from shared.data.synthcue import FACE_UNIT, SynthCue, synthcue_source
 from shared.errors import ConfigError, DataError
 from shared.text.pinyin import pinyin_vocab
-from unitalking_jax.codecs import PCA, MelCodec, PixelCodec
+from unitalking_jax.codecs import PCA, MelCodec, PixelCodec, VAECodecs, audio_latent_frames
 
 VOCAB = pinyin_vocab()
 MEL_PER_FRAME = 4  # 16 kHz / 25 fps / hop 160
+VIDEO_CODECS, AUDIO_CODECS = ("pca", "wan_vae"), ("pca", "mel_vae")
+MEL_VAE_RATE, WAN_TEMPORAL_STRIDE = 31.25, 4   # MMAudio 16k (hop 256, 2x) latents/s; Wan frames per latent
 
 
 def source(cfg, split: str = "train") -> SynthCue:
@@ -45,6 +63,7 @@ def source(cfg, split: str = "train") -> SynthCue:
 
 class Codecs:
   """pix (PixelCodec), mel (MelCodec), pca_video / pca_audio (PCA); encode/decode between media and latents."""
+  kind = "pca"
 
   def __init__(self, pix: PixelCodec, mel: MelCodec, pca_video: PCA, pca_audio: PCA):
     self.pix, self.mel, self.pca_video, self.pca_audio = pix, mel, pca_video, pca_audio
@@ -75,10 +94,112 @@ class Codecs:
 _CODECS: dict = {}
 
 
-def codecs(cfg) -> Codecs:
-  """Fitted on `pca_fit_samples` training clips (SynthCue is a pure function of its config: every process and
-  every later `sample.py` run refits the same codec)."""
+def codec_kind(cfg) -> str:
+  """"pca" (data.video_codec = data.audio_codec = "pca") or "vae" ("wan_vae" + "mel_vae"); ConfigError else."""
   d = cfg.data
+  v, a = str(d.get("video_codec", "pca")), str(d.get("audio_codec", "pca"))
+  if v not in VIDEO_CODECS:
+    raise ConfigError(f"config key data.video_codec = {v!r}: expected one of {VIDEO_CODECS}")
+  if a not in AUDIO_CODECS:
+    raise ConfigError(f"config key data.audio_codec = {a!r}: expected one of {AUDIO_CODECS}")
+  if (v == "pca") != (a == "pca"):
+    raise ConfigError(f"data.video_codec = {v!r} with data.audio_codec = {a!r}: both 'pca' or 'wan_vae' + "
+                      f"'mel_vae' (mixing a fitted PCA stream with a trained VAE stream is not supported)")
+  return "pca" if v == "pca" else "vae"
+
+
+def latent_layout(cfg) -> dict:
+  """Per-example latent shapes from the config alone (module docstring): {"video": (t, h, w, Cv), "audio":
+  (Ta, Ca), "ref": (Ta / p, p Ca), "frames": T, "audio_time_scale": video latent frames per audio token}.
+  ConfigError naming the key when the frame count, frame side or audio patch does not divide."""
+  d, m = cfg.data, cfg.model
+  kind = codec_kind(cfg)
+  t, side, f, p = int(d.frames), model_frame_size(cfg), int(d.pixel_factor), int(m.audio_patch)
+  if side % f:
+    raise ConfigError(f"data frame side {side} (face_crop / frame_size) is not a multiple of data.pixel_factor {f}")
+  if kind == "pca":
+    tv, ta, vrate, arate = t, MEL_PER_FRAME * t, 25.0, 100.0
+  else:
+    if (t - 1) % WAN_TEMPORAL_STRIDE:
+      raise ConfigError(f"config key data.frames = {t}: the Wan VAE encodes 1 + 4 k frames (e.g. 9, 33, 121)")
+    tv, ta = 1 + (t - 1) // WAN_TEMPORAL_STRIDE, audio_latent_frames(t, MEL_VAE_RATE)
+    vrate, arate = 25.0 / WAN_TEMPORAL_STRIDE, MEL_VAE_RATE
+  if ta % p:
+    raise ConfigError(f"config key model.audio_patch = {p}: must divide the {ta} audio latents of a clip")
+  ca, rp = int(d.audio_pca), ref_patch(cfg)
+  return {"video": (tv, side // f, side // f, int(d.video_pca)), "audio": (ta, ca), "ref": (ta // rp, rp * ca),
+          "frames": t, "audio_time_scale": p * vrate / arate}
+
+
+def ref_patch(cfg) -> int:
+  """Audio latents per reference token: pca: 4 (one video frame, whatever model.audio_patch); vae:
+  model.audio_patch (so model.ref_dim = model.audio_patch x data.audio_pca)."""
+  return MEL_PER_FRAME if codec_kind(cfg) == "pca" else int(cfg.model.audio_patch)
+
+
+def ref_tokens(audio: np.ndarray, patch: int, perm=None) -> np.ndarray:
+  """Audio latents [Ta, Ca] -> reference tokens [Ta / patch, patch Ca] f32 (rows permuted by perm if given)."""
+  a = np.asarray(audio, np.float32)
+  r = a.reshape(a.shape[0] // patch, patch * a.shape[-1])
+  return (r if perm is None else r[perm]).astype(np.float32)
+
+
+def _codec_dir(path: str, sub: str, marker: str) -> str:
+  """path, or path/sub when path is a training workdir holding it (marker: the file that must exist)."""
+  import os
+  if os.path.isfile(os.path.join(path, sub, marker)) and not os.path.isfile(os.path.join(path, marker)):
+    return os.path.join(path, sub)
+  return path
+
+
+def vae_codec_dirs(cfg) -> tuple[str, str]:
+  """(the Wan VAE's diffusers directory, the mel VAE's codec directory) from data.video_codec_path /
+  data.audio_codec_path (a train_codec workdir (video or audio codec) is accepted for either)."""
+  import os
+  d = cfg.data
+  out = []
+  for key, sub, marker in (("video_codec_path", "video_vae", "config.json"), ("audio_codec_path", "codec",
+                                                                               "codec.json")):
+    path = str(d.get(key, "") or "")
+    if not path or not os.path.isdir(path):
+      trainer = "train_codec --config configs/unitalking/codec_tiny.py" + (":video" if sub == "video_vae" else "")
+      raise ConfigError(f"config key data.{key} = {path!r}: data.video_codec='wan_vae' / data.audio_codec="
+                        f"'mel_vae' need the trained codec directory (python -m unitalking_jax.{trainer} "
+                        f"--workdir DIR writes DIR/{sub})")
+    out.append(_codec_dir(path, sub, marker))
+  return out[0], out[1]
+
+
+def _vae_codecs(cfg) -> VAECodecs:
+  from shared.models import av_codec
+  d = cfg.data
+  vdir, adir = vae_codec_dirs(cfg)
+  chunk = int(d.get("video_codec_chunk", 0)) or None
+  video = av_codec.load_wan_video_codec(vdir, encode_chunk=chunk, decode_chunk=1 if chunk else None)
+  audio = av_codec.load_mel_vae_audio_codec(adir)
+  checks = (("data.video_pca", int(d.video_pca), video.latent_channels, f"the Wan VAE's z_dim ({vdir})"),
+            ("data.pixel_factor", int(d.pixel_factor), video.spatial_stride, f"the Wan VAE's spatial stride ({vdir})"),
+            ("data.audio_pca", int(d.audio_pca), audio.latent_channels, f"the mel VAE's embed_dim ({adir})"))
+  for key, have, want, what in checks:
+    if have != want:
+      raise ConfigError(f"config key {key} = {have}: {what} is {want}; set --config.{key}={want}")
+  if video.temporal_stride != WAN_TEMPORAL_STRIDE or abs(audio.latent_rate - MEL_VAE_RATE) > 1e-9:
+    raise ConfigError(f"codecs {vdir} (temporal stride {video.temporal_stride}) / {adir} ({audio.latent_rate} "
+                      f"latents/s): UniTalking's layout expects stride {WAN_TEMPORAL_STRIDE} and {MEL_VAE_RATE} Hz")
+  return VAECodecs(video, audio)
+
+
+def codecs(cfg):
+  """PCA codecs (`Codecs`) fitted on `pca_fit_samples` training clips (SynthCue is a pure function of its
+  config: every process and every later `sample.py` run refits the same codec), or the trained VAE codecs
+  (`VAECodecs`) loaded once per process from data.video_codec_path / data.audio_codec_path."""
+  d = cfg.data
+  if codec_kind(cfg) == "vae":
+    key = ("vae",) + vae_codec_dirs(cfg) + (int(d.get("video_codec_chunk", 0)), int(d.video_pca),
+                                            int(d.audio_pca), int(d.pixel_factor))
+    if key not in _CODECS:
+      _CODECS[key] = _vae_codecs(cfg)
+    return _CODECS[key]
   key = (d.seed, d.lexicon_size, d.n_speakers, d.n_test_speakers, tuple(d.clauses), d.frame_size,
          d.get("face_crop", 0), d.frames,
          d.pixel_factor, d.mel_mean, d.mel_std, d.video_pca, d.audio_pca, d.pca_fit_samples,
@@ -201,14 +322,15 @@ def prepare(sample: dict, cfg, seed: int = 0) -> dict:
   mo = sample["mouth_open"][:t]
   mouth[:mo.shape[0]] = mo
   audio = c.encode_audio(sample["audio"][:t * 640], t * MEL_PER_FRAME)
+  p = ref_patch(cfg)
   if text_kind(cfg) == "umt5":
     text, text_mask = prompt_features(cfg, sample["text"])
   else:
     text, text_mask = pinyin_text(sample["pinyin"].split(), cfg)
   rng = np.random.default_rng([seed, int(sample.get("index", 0))])
-  ref = audio.reshape(t, MEL_PER_FRAME * audio.shape[-1])[rng.permutation(t)]
+  ref = ref_tokens(audio, p, rng.permutation(audio.shape[0] // p))
   return {"video": c.encode_video(video), "audio": audio, "text": text, "text_mask": text_mask,
-          "ref": ref.astype(np.float32), "mouth_open": mouth}
+          "ref": ref, "mouth_open": mouth}
 
 
 KEYS = ("video", "audio", "text", "text_mask", "ref", "mouth_open")

@@ -16,7 +16,8 @@ Written by `python -m unitalking_jax.prepare` (unitalking_jax/prepare.py); read 
 
 A record (msgpack through flax.serialization) holds one clip's training example, the arrays
 unitalking_jax/data.py's `prepare` returns:
-  video [T, S/f, S/f, Cv] f32, audio [4 T, Ca] f32, ref [T, 4 Ca] f32, mouth_open [T] f32 (zeros off SynthCue),
+  video [t, h, w, Cv] f32, audio [Ta, Ca] f32, ref [Ta / r, r Ca] f32 (data.latent_layout: PCA t = T, Ta = 4 T,
+  r = 4; Wan / mel VAEs t = 1 + (T - 1) / 4, Ta = ceil(1.25 T)), mouth_open [T] f32 (zeros off SynthCue),
   text [L] int32 (pinyin ids) | [n, E] f32 (UMT5: only the n real rows; the zero rows are restored on read),
   text_mask [L] bool, plus "name" (the clip's file or synthcue/<split>/<i>) and "index" (the ref's seed key).
 `LatentSource(DIR, cfg)[i]` returns the dict data.collate batches: training from latents and on the fly yield the
@@ -47,9 +48,12 @@ def codec_config(cfg) -> dict:
   d = cfg.data
   keys = ("seed", "lexicon_size", "n_speakers", "n_test_speakers", "clauses", "frame_size", "face_crop",
           "frames", "pixel_factor", "mel_mean", "mel_std", "video_pca", "audio_pca", "pca_fit_samples",
-          "video_whiten", "text", "text_len", "text_encoder_dtype")   # (the UMT5 dirs' paths may differ
-  # between the preparing and the training machines: they are in the codec identity, not compared)
+          "video_whiten", "text", "text_len", "text_encoder_dtype", "video_codec", "audio_codec")
+  # (the UMT5 / VAE dirs' paths may differ between the preparing and the training machines: they are in the
+  # codec identity, with their files' sha256, not compared)
   out = {k: d.get(k) for k in keys}
+  for k in ("video_codec", "audio_codec"):
+    out[k] = out[k] or "pca"
   out["clauses"] = list(out["clauses"]) if out["clauses"] is not None else None
   return out
 
@@ -58,17 +62,47 @@ def config_hash(cfg) -> str:
   return hashlib.sha256(json.dumps(codec_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def codec_identity(cfg, arrays: dict | None = None) -> dict:
-  """What encoded the latents: codec kinds and settings, and the sha256 of the fitted codec's arrays."""
+def file_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def dir_identity(path: str) -> dict:
+  """A trained codec directory: its path and the sha256 of every file in it (configs and weights)."""
+  files = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
+  return {"path": os.path.abspath(path), "files": {f: file_sha256(os.path.join(path, f)) for f in files}}
+
+
+def ref_patch(cfg) -> int:
+  """= unitalking_jax.data.ref_patch: audio latents per reference token (pca: 4; VAE: model.audio_patch)."""
+  return MEL_PER_FRAME if (cfg.data.get("video_codec") or "pca") == "pca" else int(cfg.model.audio_patch)
+
+
+def codec_identity(cfg, arrays: dict | None = None, dirs: tuple[str, str] | None = None) -> dict:
+  """What encoded the latents: codec kinds and settings, and the sha256 of the fitted codec's arrays (PCA) or
+  of the trained codecs' files (dirs: the Wan VAE directory, the mel VAE codec directory)."""
   d = cfg.data
-  ident = {"video": {"codec": "pixel+pca", "pixel_factor": int(d.pixel_factor), "channels": int(d.video_pca),
-                     "whiten": bool(d.get("video_whiten", False))},
-           "audio": {"codec": "mel+pca", "mel": "audioldm", "mel_mean": float(d.mel_mean),
-                     "mel_std": float(d.mel_std), "channels": int(d.audio_pca)},
+  if (d.get("video_codec") or "pca") != "pca":
+    if dirs is None:
+      raise ConfigError("codec_identity of VAE codecs needs their directories")
+    video = {"codec": "wan_vae", "spatial_stride": int(d.pixel_factor), "temporal_stride": 4,
+             "channels": int(d.video_pca), **dir_identity(dirs[0])}
+    audio = {"codec": "mel_vae", "mel": "mmaudio_16k", "latent_rate": 31.25, "channels": int(d.audio_pca),
+             **dir_identity(dirs[1])}
+  else:
+    video = {"codec": "pixel+pca", "pixel_factor": int(d.pixel_factor), "channels": int(d.video_pca),
+             "whiten": bool(d.get("video_whiten", False))}
+    audio = {"codec": "mel+pca", "mel": "audioldm", "mel_mean": float(d.mel_mean),
+             "mel_std": float(d.mel_std), "channels": int(d.audio_pca)}
+  ident = {"video": video, "audio": audio,
            "text": ({"codec": "pinyin", "length": int(d.text_len)} if d.text == "pinyin" else
                     {"codec": "umt5", "length": int(d.text_len), "tokenizer": d.text_tokenizer,
                      "encoder": d.text_encoder, "dtype": d.get("text_encoder_dtype", "float32")}),
-           "ref": {"codec": "own audio latents, 4-frame chunks permuted", "seed": int(cfg.trainer.seed)},
+           "ref": {"codec": f"own audio latents, {ref_patch(cfg)}-frame chunks permuted", "patch": ref_patch(cfg),
+                   "seed": int(cfg.trainer.seed)},
            "config_hash": config_hash(cfg)}
   if arrays is not None:
     h = hashlib.sha256()
@@ -107,12 +141,12 @@ def decode_record(data: bytes, text_len: int) -> dict:
   return rec
 
 
-def own_ref(audio: np.ndarray, seed: int, index: int) -> np.ndarray:
-  """data.prepare's reference: the clip's audio latents [4 T, Ca] in 4-frame chunks, permuted by
-  default_rng([seed, index]) -> [T, 4 Ca] f32."""
-  t = audio.shape[0] // MEL_PER_FRAME
+def own_ref(audio: np.ndarray, seed: int, index: int, patch: int = MEL_PER_FRAME) -> np.ndarray:
+  """data.prepare's reference: the clip's audio latents [Ta, Ca] in `patch`-frame chunks (ref_patch), permuted
+  by default_rng([seed, index]) -> [Ta / patch, patch Ca] f32."""
+  t = audio.shape[0] // patch
   rng = np.random.default_rng([seed, int(index)])
-  return audio.reshape(t, MEL_PER_FRAME * audio.shape[-1])[rng.permutation(t)].astype(np.float32)
+  return audio.reshape(t, patch * audio.shape[-1])[rng.permutation(t)].astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -232,7 +266,9 @@ def read_index(path: str) -> dict:
 def check_index(index: dict, cfg, where: str):
   """ConfigError when the latents were made for another codec / data config than cfg."""
   want = codec_config(cfg)
-  have = index.get("codec_config", {})
+  have = dict(index.get("codec_config", {}))
+  for k in ("video_codec", "audio_codec"):   # indexes written before the codec switch: PCA
+    have.setdefault(k, "pca")
   diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
   if diff:
     k = diff[0]
@@ -261,6 +297,7 @@ class LatentSource(grain_sources.RandomAccessDataSource):
                       path=os.path.join(self.path, INDEX))
     self.text_len = int(cfg.data.text_len)
     self.seed = int(cfg.trainer.seed)
+    self.patch = ref_patch(cfg)
     self.reseed = self.seed != int(self.index["codec"]["ref"]["seed"])
     self._src = grain_sources.ArrayRecordDataSource(files)
     if len(self._src) != int(self.index["records"]):
@@ -280,7 +317,7 @@ class LatentSource(grain_sources.RandomAccessDataSource):
   def __getitem__(self, i: int) -> dict:
     rec = self.record(i)
     if self.reseed:
-      rec["ref"] = own_ref(rec["audio"], self.seed, rec["index"])
+      rec["ref"] = own_ref(rec["audio"], self.seed, rec["index"], self.patch)
     rec.pop("name")
     rec.pop("index")
     return rec

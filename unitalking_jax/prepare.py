@@ -14,7 +14,9 @@ Per clip, as unitalking_jax/data.py's `prepare` does on the fly (that very funct
 window of data.face_crop px located from the eye landmarks - the clip's own (<stem>_pose.npy, as our writers and
 pose extraction leave them), else from --det_onnx / --pose_onnx (a local rtmlib YOLOX + RTMW whole-body model,
 shared/data/pose.py, first frame; never downloaded), else a CENTRED crop; audio at 16 kHz; the config's codecs
-(data.codecs: PCA codecs fitted on the config's SynthCue at tiny size), text ids or UMT5 features, reference
+(data.codecs: PCA codecs fitted on the config's SynthCue at tiny size, or the trained Wan / mel VAEs of
+data.video_codec_path / data.audio_codec_path with data.video_codec="wan_vae", data.audio_codec="mel_vae"; the
+index records which, with the sha256 of the codec files), text ids or UMT5 features, reference
 tokens (the clip's own audio latents permuted, keyed on trainer.seed and the clip's index).
 
 Clips are listed in a fixed order (sorted files; SynthCue index); shard K holds clips [K c, (K+1) c); process i
@@ -328,6 +330,13 @@ def prepare(cfg, layout: str, root: str, out: str, *, split: str = "train", proc
           "clips": done, "index": index}
 
 
+def codec_identity(cfg, codecs) -> dict:
+  """latents.codec_identity for the config's codecs: the PCA arrays' hash, or the trained VAEs' files."""
+  if getattr(codecs, "kind", "pca") == "vae":
+    return lat.codec_identity(cfg, dirs=data_lib.vae_codec_dirs(cfg))
+  return lat.codec_identity(cfg, codecs.arrays())
+
+
 def finalize(out: str, cfg, clips: Clips, plan: dict, codecs=None) -> dict | None:
   """index.json from every shard's sidecar, when all are finished (else None)."""
   n = plan["shards"]
@@ -358,7 +367,7 @@ def finalize(out: str, cfg, clips: Clips, plan: dict, codecs=None) -> dict | Non
            "shards": [{"file": m["file"], "records": m["records"], "bytes": m["bytes"], "sha256": m["sha256"]}
                       for m in metas],
            "skipped": dict(sorted(counts.items())), "skipped_files": skipped, "stats": stats.summary(),
-           "shapes": shapes, "codec": lat.codec_identity(cfg, codecs.arrays()),
+           "shapes": shapes, "codec": codec_identity(cfg, codecs),
            "codec_config": lat.codec_config(cfg), "config_hash": plan["config_hash"]}
   lat.write_json(os.path.join(out, lat.INDEX), index)
   return index

@@ -18,6 +18,15 @@ Written by `python -m unitalking_jax.export --workdir W --out R [--dtype bfloat1
                                  normalisation) + pca.safetensors (mean [n_mels], components [C, n_mels], scale [1])
   R/vocoder/config.json         {"_class_name": "MelCodec", "vocoder": "griffin_lim", "n_iter": ...}: the tiny
                                  configs' mel -> waveform (no weights; a BigVGAN in NVIDIA's layout would go here)
+  With the trained VAE codecs (data.video_codec = "wan_vae", data.audio_codec = "mel_vae"; "_unitalking".codec
+  = "vae", with the latent shapes "video_shape" [t, h, w, Cv], "audio_shape" [Ta, Ca], "ref_shape" [R, ref_dim]):
+  R/vae/                        the Wan VAE as trained: diffusers AutoencoderKLWan (config.json with
+                                 latents_mean / latents_std, diffusion_pytorch_model.safetensors)
+  R/audio_vae/                  codec.json + mel_vae.safetensors (shared.models.av_codec.save_mel_vae_audio_codec:
+                                 MMAudio key names, mel config, latent statistics) + config.json naming them
+  R/vocoder/config.json         {"_class_name": "GriffinLim", ...} on the mel VAE's log10 mel
+  Media <-> latents then go through codecs.VAECodecs over the framework's networks, attached after loading
+  (jax_codecs(rel) here; torch_pipeline.torch_codecs: diffusers AutoencoderKLWan + torch_mel_vae.MelVAE).
   R/tokenizer/tokenizer.json    data.text = "pinyin" (the tiny default): {"type": "pinyin_syllables", "vocab":
                                  [id -> syllable], "pad_id", "unk_id", "max_length"}: text -> ids of the
                                  transformer's learned text table (Chinese characters -> syllables by pypinyin)
@@ -34,10 +43,10 @@ Written by `python -m unitalking_jax.export --workdir W --out R [--dtype bfloat1
 Generation (both frameworks, same numbers for the same initial noise): the batch is built by `inputs` (here,
 numpy): text ids [1, S] + mask, the given frame / video latents, reference-audio tokens; the task follows the
 inputs (none: t2av, image: ti2av, video: tv2a, ref_audio: tr2av). Initial noise: one array [1, Nv + Na] (the
-video latents [1, T, h, w, Cv] flattened, then the audio latents [1, 4 T, Ca]); JAX draws it as
+video latents [1, t, h, w, Cv] flattened, then the audio latents [1, Ta, Ca]; PCA t = T, Ta = 4 T); JAX draws it as
 jax.random.normal(jax.random.key(seed), [1, Nv + Na]) (unitalking_jax.task.make_generate); the PyTorch pipeline
 takes it as `noise=` (or draws its own from a torch.Generator). Latents -> media by the PCA codecs here
-(numpy): frames [T, H, W, 3] uint8, audio [T * 640] float32 at 16 kHz (Griffin-Lim).
+(numpy) or the attached VAE codecs: frames [T, H, W, 3] uint8, audio [T * 640] float32 at 16 kHz (Griffin-Lim).
 
 This module imports neither JAX nor torch (the PyTorch pipeline reads releases through it); `jax_generate`
 imports JAX when called.
@@ -107,11 +116,14 @@ def scheduler_config(sampling) -> dict:
 
 def write_components(out: str, cfg, codecs, model_config) -> None:
   """Everything in R/ beside transformer/: model_index.json, vae/, audio_vae/, vocoder/, tokenizer/, scheduler/.
-  cfg: the training config (data / sampling sections); codecs: unitalking_jax.data.Codecs (fitted);
-  model_config: the UniTalkingConfig."""
+  cfg: the training config (data / sampling sections); codecs: unitalking_jax.data.Codecs (fitted) or
+  codecs.VAECodecs (data.video_codec = "wan_vae": write_vae_components); model_config: the UniTalkingConfig."""
   d = cfg.data
   if d.text not in ("pinyin", "umt5"):
     raise ConfigError(f"config key data.text = {d.text!r}: expected 'pinyin' or 'umt5'")
+  if getattr(codecs, "kind", "pca") == "vae":
+    write_vae_components(out, cfg, model_config)
+    return
   side = int(d.get("face_crop", 0)) or int(d.frame_size)
   pv, pa, mel = codecs.pca_video, codecs.pca_audio, codecs.mel
   _write_json(os.path.join(out, "vae", "config.json"), {
@@ -139,6 +151,43 @@ def write_components(out: str, cfg, codecs, model_config) -> None:
                  "tasks": list(TASKS), "latent_side": side // int(codecs.pix.factor),
                  "video_channels": int(model_config.video.in_channels),
                  "audio_channels": int(model_config.audio_channels)}})
+
+
+def write_vae_components(out: str, cfg, model_config) -> None:
+  """write_components for the trained VAE codecs: vae/ = the Wan VAE directory as trained (diffusers
+  AutoencoderKLWan: config.json with latents_mean / latents_std + diffusion_pytorch_model.safetensors), audio_vae/
+  = the mel VAE codec directory (codec.json: VAE + mel config + latent statistics; mel_vae.safetensors in
+  MMAudio's key names) + a config.json naming it, vocoder/ = Griffin-Lim settings on the VAE's mel."""
+  from unitalking_jax import data as data_lib
+  d = cfg.data
+  vdir, adir = data_lib.vae_codec_dirs(cfg)
+  lay = data_lib.latent_layout(cfg)
+  for src, dst in ((vdir, "vae"), (adir, "audio_vae")):
+    os.makedirs(os.path.join(out, dst), exist_ok=True)
+    for f in sorted(os.listdir(src)):
+      if os.path.isfile(os.path.join(src, f)) and (f.endswith(".json") or f.endswith(".safetensors")):
+        shutil.copy2(os.path.join(src, f), os.path.join(out, dst, f))
+  _write_json(os.path.join(out, "audio_vae", "config.json"), {
+      "_class_name": "MelVAE", "codec": "MMAudio-style mel VAE (shared.models.mmaudio_vae)",
+      "codec_file": "codec.json", "weights": "mel_vae.safetensors", "latent_rate": 31.25,
+      "latent_channels": int(d.audio_pca)})
+  _write_json(os.path.join(out, "vocoder", "config.json"), {
+      "_class_name": "GriffinLim", "vocoder": "griffin_lim", "n_iter": int(cfg.sampling.griffin_lim_iters),
+      "seed": 0, "mel": "audio_vae/codec.json"})
+  text = _write_text_path(out, d)
+  _write_json(os.path.join(out, SCHEDULER_FILE), scheduler_config(cfg.sampling))
+  tp = "unitalking_jax.torch_pipeline"
+  side = int(d.get("face_crop", 0)) or int(d.frame_size)
+  _write_json(os.path.join(out, INDEX_FILE), {
+      "_class_name": PIPELINE_CLASS, "_diffusers_version": "0.42.1",
+      TRANSFORMER: [tp, "UniTalkingTransformer"], "vae": ["diffusers", "AutoencoderKLWan"],
+      "audio_vae": ["unitalking_jax.torch_mel_vae", "MelVAE"], "vocoder": [tp, "GriffinLim"], **text,
+      "scheduler": ["diffusers", SCHEDULERS[str(cfg.sampling.sampler)]],
+      META_KEY: {"codec": "vae", "frames": int(d.frames), "frame_size": side, "fps": 25, "sample_rate": SAMPLE_RATE,
+                 "text": str(d.text), "text_len": int(d.text_len), "tasks": list(TASKS),
+                 "latent_side": lay["video"][1], "video_channels": int(model_config.video.in_channels),
+                 "audio_channels": int(model_config.audio_channels), "video_shape": list(lay["video"]),
+                 "audio_shape": list(lay["audio"]), "ref_shape": list(lay["ref"])}})
 
 
 def _write_text_path(out: str, d) -> dict:
@@ -226,11 +275,12 @@ class Release:
   vocab: list
   pad_id: int
   unk_id: int
-  pix: PixelCodec
-  mel: MelCodec
-  pca_video: PCA
-  pca_audio: PCA
+  pix: PixelCodec | None      # PCA releases; None for the VAE codecs (`codecs`, attached by the framework)
+  mel: MelCodec | None
+  pca_video: PCA | None
+  pca_audio: PCA | None
   griffin_lim_iters: int
+  codecs: object = None       # VAE releases: a codecs.VAECodecs (jax_codecs / torch_pipeline attach one)
 
   @classmethod
   def load(cls, path: str) -> "Release":
@@ -251,6 +301,11 @@ class Release:
     vae = _json(os.path.join(path, "vae", "config.json"))
     avae = _json(os.path.join(path, "audio_vae", "config.json"))
     voc = _json(os.path.join(path, "vocoder", "config.json"))
+    vae_kind = index[META_KEY].get("codec", "pca") == "vae"
+    if vae_kind:
+      need(os.path.join(path, "vae", "diffusion_pytorch_model.safetensors"))
+      need(os.path.join(path, "audio_vae", "codec.json"))
+      need(os.path.join(path, "audio_vae", "mel_vae.safetensors"))
     if index[META_KEY].get("text", "pinyin") == "pinyin":
       tok = _json(os.path.join(path, TOKENIZER_FILE))
     else:   # UMT5: the transformers directories, read by the framework's text encoder
@@ -261,6 +316,10 @@ class Release:
     missing = [k for k in SAMPLING_KEYS if k not in sched.get(SAMPLING_KEY, {})]
     if missing:
       raise CheckpointError(f"{os.path.join(path, SCHEDULER_FILE)}: no {SAMPLING_KEY} {missing}")
+    if vae_kind:
+      return cls(path=path, index=index, meta=index[META_KEY], model=model[CONFIG_KEY], scheduler=sched,
+                 vocab=list(tok["vocab"]), pad_id=int(tok["pad_id"]), unk_id=int(tok["unk_id"]), pix=None,
+                 mel=None, pca_video=None, pca_audio=None, griffin_lim_iters=int(voc["n_iter"]))
     return cls(path=path, index=index, meta=index[META_KEY], model=model[CONFIG_KEY], scheduler=sched,
                vocab=list(tok["vocab"]), pad_id=int(tok["pad_id"]), unk_id=int(tok["unk_id"]),
                pix=PixelCodec(int(vae["pixel_factor"])),
@@ -274,11 +333,35 @@ class Release:
   def frames(self) -> int:
     return int(self.meta["frames"])
 
+  @property
+  def codec_kind(self) -> str:
+    return str(self.meta.get("codec", "pca"))
+
   def latent_shapes(self) -> tuple[tuple, tuple]:
-    """(video latents [1, T, h, w, Cv], audio latents [1, 4 T, Ca])."""
+    """(video latents [1, t, h, w, Cv], audio latents [1, Ta, Ca]): PCA t = T, Ta = 4 T; the VAE releases
+    record theirs (unitalking_jax.data.latent_layout)."""
     m, t = self.meta, self.frames
+    if "video_shape" in m:
+      return (1,) + tuple(int(x) for x in m["video_shape"]), (1,) + tuple(int(x) for x in m["audio_shape"])
     s = int(m["latent_side"])
     return (1, t, s, s, int(m["video_channels"])), (1, MEL_PER_FRAME * t, int(m["audio_channels"]))
+
+  def ref_shape(self) -> tuple:
+    """Reference tokens [R, ref_dim]: PCA [T, 4 Ca]."""
+    if "ref_shape" in self.meta:
+      return tuple(int(x) for x in self.meta["ref_shape"])
+    return self.frames, MEL_PER_FRAME * int(self.meta["audio_channels"])
+
+  def attach(self, codecs) -> "Release":
+    """VAE releases: the framework's codecs.VAECodecs (jax_codecs(rel) / torch_pipeline.torch_codecs(rel))."""
+    self.codecs = codecs
+    return self
+
+  def _vae(self):
+    if self.codecs is None:
+      raise ConfigError(f"{self.path} holds trained VAE codecs: attach the framework's first (release."
+                        f"jax_codecs(rel) in JAX; UniTalkingPipeline.from_pretrained does it in PyTorch)")
+    return self.codecs
 
   def noise_size(self) -> int:
     v, a = self.latent_shapes()
@@ -322,21 +405,32 @@ class Release:
 
   # -- media <-> latents --
   def encode_video(self, frames) -> np.ndarray:
+    if self.codec_kind == "vae":
+      return self._vae().encode_video(frames)
     return self.pca_video.encode(self.pix.encode(frames))
 
   def encode_audio(self, audio, mel_frames: int) -> np.ndarray:
+    """audio [S] 16 kHz -> latents of its first mel_frames / 4 video frames ([4 T, Ca] PCA, [Ta, Ca] VAE)."""
+    if self.codec_kind == "vae":
+      return self._vae().encode_audio(audio, mel_frames)
     return self.pca_audio.encode(self.mel.encode(audio, frames=mel_frames))
 
   def decode(self, video_lat, audio_lat, griffin_lim: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """video latents [T, h, w, Cv], audio latents [4 T, Ca] -> (frames [T, H, W, 3] uint8, audio [T * 640]
+    """video latents [t, h, w, Cv], audio latents [Ta, Ca] -> (frames [T, H, W, 3] uint8, audio [T * 640]
     float32 at 16 kHz), as unitalking_jax.samples.write_samples decodes."""
-    frames = self.pix.decode(self.pca_video.decode(np.asarray(video_lat, np.float32)))
+    vae = self._vae() if self.codec_kind == "vae" else None
+    v, a = np.asarray(video_lat, np.float32), np.asarray(audio_lat, np.float32)
+    frames = vae.decode_video(v) if vae else self.pix.decode(self.pca_video.decode(v))
     n = frames.shape[0] * SAMPLES_PER_FRAME
-    audio = (self.mel.decode(self.pca_audio.decode(np.asarray(audio_lat, np.float32))) if griffin_lim
-             else np.zeros(n, np.float32))
+    if not griffin_lim:
+      audio = np.zeros(n, np.float32)
+    else:
+      audio = vae.decode_audio(a) if vae else self.mel.decode(self.pca_audio.decode(a))
     return frames, np.pad(audio, (0, max(0, n - audio.shape[0])))[:n].astype(np.float32)
 
   def log_mel(self, audio_lat) -> np.ndarray:
+    if self.codec_kind == "vae":
+      return self._vae().log_mel(audio_lat)
     return self.mel.to_log_mel(self.pca_audio.decode(np.asarray(audio_lat, np.float32)))
 
 
@@ -396,7 +490,7 @@ def inputs(rel: Release, text: str, image=None, ref_audio=None, video=None, task
   vshape, ashape = rel.latent_shapes()
   t, side = rel.frames, int(rel.meta["frame_size"])
   v = np.zeros(vshape[1:], np.float32)
-  ref = np.zeros((t, MEL_PER_FRAME * ashape[2]), np.float32)
+  ref = np.zeros(rel.ref_shape(), np.float32)
   if image is not None:
     img = _read("image", image)
     if img.ndim != 3 or img.shape[-1] != 3:
@@ -414,7 +508,7 @@ def inputs(rel: Release, text: str, image=None, ref_audio=None, video=None, task
     wav = np.asarray(_read("ref_audio", ref_audio), np.float32).reshape(-1)
     if not wav.size:
       raise DataError("ref_audio (--ref_audio) holds no samples", key="ref_audio")
-    ref = rel.encode_audio(wav, t * MEL_PER_FRAME).reshape(t, -1)
+    ref = rel.encode_audio(wav, t * MEL_PER_FRAME).reshape(rel.ref_shape())
   batch = {"video": v, "audio": np.zeros(ashape[1:], np.float32), "text": ids, "text_mask": mask, "ref": ref}
   return task, {k: np.asarray(x)[None] for k, x in batch.items()}
 
@@ -485,6 +579,19 @@ def jax_text_encoder(rel: Release):
     return f[0], m[0]
 
   return encode
+
+
+def jax_codecs(rel: Release) -> Release:
+  """VAE releases: attaches the JAX codecs (shared.models.av_codec on R/vae and R/audio_vae, whole-clip
+  encode / decode); PCA releases are returned as they are."""
+  if rel.codec_kind == "vae" and rel.codecs is None:
+    from shared.models import av_codec
+    from unitalking_jax.codecs import VAECodecs
+    video = av_codec.load_wan_video_codec(os.path.join(rel.path, "vae"), encode_chunk=None, decode_chunk=None)
+    audio = av_codec.load_mel_vae_audio_codec(os.path.join(rel.path, "audio_vae"),
+                                              griffin_lim_iters=rel.griffin_lim_iters)
+    rel.attach(VAECodecs(video, audio))
+  return rel
 
 
 def jax_noise(rel: Release, seed: int) -> np.ndarray:

@@ -137,7 +137,7 @@ def build_inputs(cfg, text: str, image=None, ref_audio=None, video=None) -> dict
     out["video"] = c.encode_video(frames)
   if ref_audio is not None:
     m = c.encode_audio(ref_audio, d.frames * data_lib.MEL_PER_FRAME)
-    out["ref"] = m.reshape(d.frames, -1)
+    out["ref"] = data_lib.ref_tokens(m, data_lib.ref_patch(cfg))
   return {k: v[None] for k, v in out.items()}
 
 
@@ -177,7 +177,7 @@ def sample_release(path: str, task: str, text: str, media: dict, out: str, seed:
   and OUT.wav. media: read_inputs' decoded files."""
   from unitalking_jax import release
   from unitalking_jax.samples import MP4_SCALE
-  rel = release.Release.load(path)
+  rel = release.jax_codecs(release.Release.load(path))   # VAE releases: the Wan / mel VAEs of R/vae, R/audio_vae
   task, batch = release.inputs(rel, text, task=task, text_encoder=release.jax_text_encoder(rel),
                                **{k: media.get(k) for k in INPUTS})
   cli.make_dir(os.path.dirname(out), "the folder of --out")

@@ -196,6 +196,7 @@ def check_config(cfg) -> None:
   need(cfg.init_audio != "copy_video" or bool(cfg.init.video.path), "init_audio", cfg.init_audio,
        "'random' without init.video.path ('copy_video' needs a Wan checkpoint directory there)")
   data_lib.text_kind(cfg)   # data.text agrees with model.text_vocab
+  data_lib.codec_kind(cfg)  # data.video_codec / data.audio_codec
 
 
 def make_val_loss(cfg, model: UniTalking):
@@ -308,20 +309,17 @@ def tokens_per_example(cfg, model: UniTalking) -> int:
 def batch_spec(cfg) -> dict:
   """The GLOBAL training batch of cfg.trainer.batch_size as jax.ShapeDtypeStruct, exactly as the data pipeline
   (data_lib.prepare + collate) yields it; for ahead-of-time compiles (shared/scaling/aot.py), no data built.
-  T = data.frames, S = the model frame side (face crop or frame), f = data.pixel_factor, L = data.text_len:
-    video [B, T, S/f, S/f, video_pca] f32, audio [B, 4 T, audio_pca] f32, text [B, L] int32 (pinyin) |
-    [B, L, model.video.text_dim] f32 (umt5), text_mask [B, L] bool, ref [B, T, 4 audio_pca] f32,
-    mouth_open [B, T] f32."""
+  Latent shapes from data_lib.latent_layout (the codec's: pca or the trained VAEs), L = data.text_len:
+    video [B, t, h, w, video_pca] f32, audio [B, Ta, audio_pca] f32, text [B, L] int32 (pinyin) |
+    [B, L, model.video.text_dim] f32 (umt5), text_mask [B, L] bool, ref [B, R, ref] f32, mouth_open [B, T] f32."""
   d, b = cfg.data, int(cfg.trainer.batch_size)
-  t, side, f = int(d.frames), data_lib.model_frame_size(cfg), int(d.pixel_factor)
-  if side % f:
-    raise ConfigError(f"data frame side {side} (face_crop / frame_size) is not a multiple of data.pixel_factor {f}")
-  s, ca = int(d.text_len), int(d.audio_pca)
+  lay = data_lib.latent_layout(cfg)
+  s = int(d.text_len)
   text = (b, s) if data_lib.text_kind(cfg) == "pinyin" else (b, s, int(cfg.model.video.text_dim))
   spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, jnp.dtype(dt))  # noqa: E731
-  return {"video": spec((b, t, side // f, side // f, int(d.video_pca)), jnp.float32),
-          "audio": spec((b, data_lib.MEL_PER_FRAME * t, ca), jnp.float32),
+  return {"video": spec((b,) + lay["video"], jnp.float32),
+          "audio": spec((b,) + lay["audio"], jnp.float32),
           "text": spec(text, jnp.int32 if len(text) == 2 else jnp.float32),
           "text_mask": spec((b, s), jnp.bool_),
-          "ref": spec((b, t, data_lib.MEL_PER_FRAME * ca), jnp.float32),
-          "mouth_open": spec((b, t), jnp.float32)}
+          "ref": spec((b,) + lay["ref"], jnp.float32),
+          "mouth_open": spec((b, lay["frames"]), jnp.float32)}

@@ -88,7 +88,8 @@ def fit_templates(cfg, n_clips: int = 400, states: int = 18, word_penalty: float
   """Templates from the first `n_clips` clips of the TRAINING split (cached per data config). Deterministic."""
   d = cfg.data
   key = (d.seed, d.lexicon_size, d.n_speakers, d.n_test_speakers, tuple(d.clauses), d.frames, d.mel_mean,
-         d.mel_std, d.audio_pca, d.pca_fit_samples, n_clips, states, float(word_penalty))
+         d.mel_std, d.audio_pca, d.pca_fit_samples, d.get("audio_codec", "pca"), d.get("audio_codec_path", ""),
+         n_clips, states, float(word_penalty))           # the codec too: the templates read its round trip
   if key in _CACHE:
     return _CACHE[key]
   src = _audio_source(cfg, "train")

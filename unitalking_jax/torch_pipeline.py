@@ -16,7 +16,10 @@ transformer/audio_stream, from_pretrained) + the learned syllable tables (text_e
 transformer/unitalking_rest.safetensors) in unitalking_jax.torch_model.UniTalkingTorch (JAX-free at import);
 `scheduler` = the diffusers scheduler of scheduler/scheduler_config.json
 (FlowMatchEulerDiscreteScheduler for sampler "euler", UniPCMultistepScheduler for "unipc"); the PCA codecs,
-Griffin-Lim vocoder and syllable tokenizer are numpy (release.Release). Sampling = unitalking_jax.task.
+Griffin-Lim vocoder and syllable tokenizer are numpy (release.Release); releases of the trained VAE codecs
+(model_index "_unitalking".codec = "vae") decode with `vae` = diffusers AutoencoderKLWan (TorchWanVideo) and
+`audio_vae` = unitalking_jax.torch_mel_vae.MelVAE (then Griffin-Lim): latents [1, t, h, w, Cv] / [1, Ta, Ca]
+with t = 1 + (T - 1) / 4, Ta = ceil(1.25 T). Sampling = unitalking_jax.task.
 make_generate: classifier-free guidance over [null text, text (, text + reference)] with the scheduler config's
 guidance_scale / ref_guidance_scale, given latent frames held at their value (σ = 0, timestep 0) throughout.
 Initial noise: `noise` [1, Nv + Na] (video latents flattened, then audio; or a (video, audio) pair of latent-shaped
@@ -75,6 +78,49 @@ class UniTalkingTransformer:
     return model.eval()
 
 
+# ------------------------------------------------------------------------------------------------ codecs
+
+class TorchWanVideo:
+  """R/vae with diffusers' AutoencoderKLWan: frames [T, H, W, 3] uint8 <-> normalised posterior means
+  [1 + (T - 1) // 4, H / s, W / s, z] ((mu - latents_mean) / latents_std, as shared.models.av_codec.WanVideoCodec)."""
+
+  def __init__(self, path: str, torch_dtype=torch.float32):
+    from diffusers import AutoencoderKLWan
+    rel_lib.need(os.path.join(path, "config.json"))
+    self.vae = AutoencoderKLWan.from_pretrained(path, torch_dtype=torch_dtype).eval()
+    c = self.vae.config
+    self.mean = torch.tensor(c.latents_mean, dtype=torch.float32)
+    self.std = torch.tensor(c.latents_std, dtype=torch.float32)
+    self.temporal_stride = int(c.scale_factor_temporal)
+    self.spatial_stride = int(c.scale_factor_spatial)
+    self.latent_channels = int(c.z_dim)
+
+  @torch.no_grad()
+  def encode_video(self, frames) -> np.ndarray:
+    x = torch.from_numpy(np.asarray(frames, np.float32) / 127.5 - 1.0).permute(3, 0, 1, 2)[None]   # [1, 3, T, H, W]
+    mu = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean.float()[0]                          # [z, t, h, w]
+    z = (mu.permute(1, 2, 3, 0) - self.mean) / self.std
+    return z.numpy().astype(np.float32)
+
+  @torch.no_grad()
+  def decode_video(self, latents) -> np.ndarray:
+    z = torch.from_numpy(np.asarray(latents, np.float32)) * self.std + self.mean                    # [t, h, w, z]
+    y = self.vae.decode(z.permute(3, 0, 1, 2)[None].to(self.vae.dtype)).sample.float()[0]           # [3, T, H, W]
+    y = y.clamp(-1.0, 1.0).permute(1, 2, 3, 0).numpy()
+    return np.clip(np.round((y + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def torch_codecs(rel: rel_lib.Release, torch_dtype=torch.float32) -> rel_lib.Release:
+  """VAE releases: attaches the PyTorch codecs (R/vae: diffusers AutoencoderKLWan; R/audio_vae: the mel VAE of
+  unitalking_jax.torch_mel_vae, Griffin-Lim on its mel); PCA releases are returned as they are (numpy codecs)."""
+  if rel.codec_kind == "vae" and rel.codecs is None:
+    from unitalking_jax.codecs import VAECodecs
+    from unitalking_jax.torch_mel_vae import MelVAE
+    rel.attach(VAECodecs(TorchWanVideo(os.path.join(rel.path, "vae"), torch_dtype),
+                         MelVAE.from_pretrained(os.path.join(rel.path, "audio_vae"), rel.griffin_lim_iters)))
+  return rel
+
+
 # ------------------------------------------------------------------------------------------------ pipeline
 
 class UMT5TextEncoder:
@@ -131,7 +177,7 @@ class UniTalkingPipeline:
 
   @classmethod
   def from_pretrained(cls, path: str, torch_dtype=torch.float32) -> "UniTalkingPipeline":
-    rel = rel_lib.Release.load(path)
+    rel = torch_codecs(rel_lib.Release.load(path), torch_dtype)
     text_encoder = UMT5TextEncoder(rel, torch_dtype) if rel.text_kind == "umt5" else None
     return cls(rel, UniTalkingTransformer.from_pretrained(os.path.join(rel.path, rel_lib.TRANSFORMER), torch_dtype),
                text_encoder)

@@ -13,10 +13,20 @@ Objective: 30 % of examples draw the video σ apart from the audio σ (objective
 stream also learns to follow the other when it is cleaner; with both fixes 3,000 steps give T2AV clips whose
 audio energy follows the generated mouth (README, "UniTalking").
 `python -m unitalking_jax.train --config configs/unitalking/tiny.py --workdir DIR`   (`make train`)
+
+`tiny.py:vae_codecs`: the same model on the TRAINED tiny codecs instead of PCA (data.video_codec="wan_vae",
+data.audio_codec="mel_vae"; unitalking_jax/data.py): the Wan2.2-style video VAE of
+`python -m unitalking_jax.train_codec --config configs/unitalking/codec_tiny.py:video --workdir V` (trained on
+whole 32x32 SynthCue frames, so here frame_size=32 and no face crop; stride 4x8x8, z 8) and the mel VAE of
+`... codec_tiny.py --workdir A` (20 channels at 31.25 Hz), paths given on the command line:
+  --config.data.video_codec_path=V --config.data.audio_codec_path=A
+33 frames (1.32 s, 1 + 4 k) -> video latents [9, 4, 4, 8] (36 tokens of 2x2 patches), audio latents [42, 20]
+(one token each, RoPE time i / 5 in video-latent frames: audio_time_scale 0.2); reference tokens [42, 20].
 """
 import ml_collections
 
 from shared.config import model_section, trainer_config
+from shared.errors import ConfigError
 from shared.text.pinyin import pinyin_vocab
 from shared.weights.init import init_entry
 from unitalking_jax.data import MEL_PER_FRAME
@@ -24,7 +34,9 @@ from unitalking_jax.model import WAN_VIDEO_RENAME, UniTalkingConfig
 
 
 def get_config(arg: str = ""):
-  del arg
+  """arg "": PCA codecs (fitted on SynthCue); "vae_codecs": the trained tiny Wan / mel VAEs (docstring)."""
+  if arg not in ("", "vae_codecs"):
+    raise ConfigError(f"tiny.py:{arg}: expected no argument or ':vae_codecs'")
   c = ml_collections.ConfigDict()
   c.trainer = trainer_config(total_steps=3000, batch_size=8, log_every=25, sample_every=1000,
                              optimizer=dict(learning_rate=1e-3, weight_decay=0.0), schedule=dict(warmup_steps=50),
@@ -33,6 +45,11 @@ def get_config(arg: str = ""):
       seed=0, num_samples=100_000, lexicon_size=24, n_speakers=8, n_test_speakers=2, clauses=(1, 1),
       frame_size=80, face_crop=32, frames=32, text_len=8, pixel_factor=8, mel_mean=-5.0, mel_std=1.75, workers=0,
       video_pca=24, audio_pca=16, pca_fit_samples=200,
+      # codecs (unitalking_jax/data.py): "pca" | "wan_vae" (video), "pca" | "mel_vae" (audio); the trained ones
+      # are read from these directories (a train_codec workdir, or the codec dir itself).
+      # data.video_pca / audio_pca are the latent channel counts either way (checked against the VAEs), and
+      # data.pixel_factor the spatial stride; video_codec_chunk: Wan encode chunk in frames (0: whole clip)
+      video_codec="pca", audio_codec="pca", video_codec_path="", audio_codec_path="", video_codec_chunk=0,
       text="pinyin",  # "pinyin": pinyin syllable ids (model.text_vocab > 0); "umt5": UMT5 features [S, text_dim]
       video_whiten=True,  # per-component PCA scales (unit variance each; False: one global scale, which leaves
       # the mouth's motion ~3 % of the mouth tokens' variance, and T2AV mouths never learnt to move)
@@ -78,4 +95,20 @@ def get_config(arg: str = ""):
   c.sampling = ml_collections.ConfigDict(dict(
       sampler="euler", steps=25, shift=3.0, text_scale=5.0, ref_scale=1.0, num=4, griffin_lim_iters=32,
       score_clips=32))  # sync.txt scores this many held-out clips (16 vary by ~0.1); media for the first `num`
+  if arg == "vae_codecs":
+    vae_codecs(c)
+  return c
+
+
+def vae_codecs(c, frames: int = 33, side: int = 32, stride: int = 8, video_channels: int = 8,
+               audio_channels: int = 20, audio_patch: int = 1):
+  """Switches a config to the trained Wan / mel VAE codecs (in place): data.video_codec / audio_codec, the
+  clip length (1 + 4 k frames), frame side, stride and latent channels (the model's in/out channels and the
+  reference width follow through the config's references), one audio latent per token at RoPE time
+  audio_patch / 5 video-latent frames. The codec paths stay for the command line."""
+  c.data.update(dict(video_codec="wan_vae", audio_codec="mel_vae", frames=frames, frame_size=side, face_crop=0,
+                     pixel_factor=stride, video_pca=video_channels, audio_pca=audio_channels))
+  c.model.audio_patch = audio_patch
+  c.model.ref_dim = c.data.get_ref("audio_pca") * audio_patch
+  c.model.audio_time_scale = audio_patch * (25.0 / 4) / 31.25   # video latent frames per audio token
   return c

@@ -4,14 +4,35 @@ Sizes: dim 3072 (24 heads x 128), ffn 14336, freq_dim 256, 30 layers, patch (1, 
 (UMT5-XXL features, text length 512), video latents 48 channels (Wan2.2 VAE, stride (4, 16, 16)), audio latents
 20 channels (MMAudio 16k VAE, 31.25 Hz), reference audio 257 tokens. 121 frames at 24 fps, 704x1280 ->
 latents [31, 44, 80, 48] -> 31 * 22 * 40 = 27,280 video tokens; 5 s of audio -> 157 latent frames.
-The data section (real clips + UMT5 features + VAE latents) needs the codecs issue's encoders; this file
-fixes the model/trainer sizes and is what the sharding plan below refers to. It is not runnable on a CPU.
+
+The code path (data.video_codec = "wan_vae", data.audio_codec = "mel_vae", data.text = "umt5"; the model of
+`get_config()` below): 121 frames at 25 fps (1 + 4 x 30), square 704 px frames (the data path crops squares:
+704x704 -> latents [31, 44, 44, 48], 31 x 22 x 22 = 15,004 video tokens), audio latents ceil(121 x 1.25) = 152
+of 20 channels, one per token at RoPE time i / 5 (audio_time_scale 0.2), reference tokens [152, 20].
+The paths a user sets (all local; nothing is downloaded):
+  --config.data.video_codec_path=WAN/vae            the Wan2.2-TI2V-5B-Diffusers vae/ (AutoencoderKLWan)
+  --config.data.audio_codec_path=MEL                a mel VAE codec directory (codec.json + mel_vae.safetensors:
+                                                    shared.models.av_codec.save_mel_vae_audio_codec of MMAudio's
+                                                    v1-16.pth with latent statistics fitted on the data, or
+                                                    `python -m unitalking_jax.train_codec` DIR/codec)
+  --config.data.text_encoder=WAN/text_encoder --config.data.text_tokenizer=WAN/tokenizer   (UMT5-XXL)
+  --config.init.video.path=WAN/transformer          (optional: the Wan2.2 DiT into the video stream)
+then `python -m unitalking_jax.prepare --config configs/unitalking/wan22_5b.py ... --layout lrs3 --root LRS3
+--out LATENTS` and `python -m unitalking_jax.train ... --config.data.latents=LATENTS`.
+
+`wan22_5b.py:smoke` is the same function with tiny sizes only (this is what the suite runs on a CPU,
+tests/unitalking/test_smoke.py): dim 32 (2 heads x 16), 2 layers, ffn 64, freq_dim 16, text_dim 32 (a tiny
+random UMT5 in transformers layout), text length 16, 9 frames of 32 px, a tiny random Wan2.2-structured VAE
+(residual, 2x2 patchify, stride 4x16x16, z 48) and a tiny MMAudio-structured mel VAE (80 mels -> 20 channels at
+31.25 Hz), batch 2, float32, no remat, Euler 2 steps; the paths again from the command line (or the test).
 
 Parameters: 10.566 B (measured on the abstract TrainState; per block ~ 2 x (4 D^2 attn1 + 4 D^2 attn2 + 2 D ffn)
 + 2 ref K/V D^2 ~ 0.42B, x 30 layers, + embedders): float32 params 42.3 GB, Adam moments 84.5 GB; gradients are
 XLA temporaries of the step (in "temp" below), not state.
 
-Measured memory (shared/scaling/aot.py: the real train step compiled ahead of time by libtpu's XLA:TPU for the
+Measured memory below was taken with the earlier data section (PCA latents of 32 px SynthCue face crops, 31
+latent frames; and the paper's token count), not re-measured for the 704 px default above
+(shared/scaling/aot.py: the real train step compiled ahead of time by libtpu's XLA:TPU for the
 slice, abstract shapes; per chip; peak = argument + output - alias + temp; remat "full" as configured; attention
 compiled as XLA einsums, chunked over queries - shared.kernels picks by the compiling process's backend, so not
 splash; `python -m shared.scaling compile --config configs/unitalking/wan22_5b.py --topology v5p-64`):
@@ -54,26 +75,51 @@ Sharding plan (logical rules in shared/mesh.py; only the config changes):
 - bf16 compute (trainer.precision.compute_dtype), float32 params / norms / softmax / losses.
 """
 from configs.unitalking import tiny
+from shared.errors import ConfigError
+
+# name -> (model sizes, data sizes, trainer / sampling sizes): the ONLY things :smoke changes
+SIZES = {
+    "": dict(video=dict(num_attention_heads=24, attention_head_dim=128, num_layers=30, ffn_dim=14336, freq_dim=256,
+                        text_dim=4096),
+             audio_ffn_dim=14336,
+             data=dict(frames=121, side=704, text_len=512, text_encoder_dtype="bfloat16", video_codec_chunk=4),
+             trainer=dict(compute_dtype="bfloat16", remat="full", batch_size=64, total_steps=100_000),
+             sampling=dict(steps=50)),
+    "smoke": dict(video=dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, ffn_dim=64, freq_dim=16,
+                             text_dim=32),
+                  audio_ffn_dim=64,
+                  data=dict(frames=9, side=32, text_len=16, text_encoder_dtype="float32", video_codec_chunk=0),
+                  trainer=dict(compute_dtype="float32", remat="none", batch_size=2, total_steps=2),
+                  sampling=dict(steps=2)),
+}
 
 
 def get_config(arg: str = ""):
-  c = tiny.get_config(arg)
-  c.model.video.update(dict(num_attention_heads=24, attention_head_dim=128, num_layers=30, ffn_dim=14336,
-                            patch_size=(1, 2, 2), freq_dim=256, text_dim=4096, attention_impl="auto"))
-  c.model.update(dict(audio_ffn_dim=14336, audio_time_scale=31.0 / 157.0, audio_hw_pos=(0.0, 0.0),
+  """arg "": paper size; "smoke": the same code path at tiny sizes (module docstring)."""
+  if arg not in SIZES:
+    raise ConfigError(f"wan22_5b.py:{arg}: expected no argument or ':smoke'")
+  z = SIZES[arg]
+  c = tiny.get_config()
+  c.model.video.update(dict(patch_size=(1, 2, 2), attention_impl="auto", **z["video"]))
+  c.model.update(dict(audio_ffn_dim=z["audio_ffn_dim"],
                       text_vocab=0, text_positions=0,   # UMT5 features (data.text = "umt5") carry positions
                       mask_text=False))  # Wan2.2's DiT was trained attending to the zero rows
+  # the trained codecs: Wan2.2 VAE (stride 4x16x16, z 48) and the MMAudio 16k mel VAE (20 channels, 31.25 Hz)
+  tiny.vae_codecs(c, frames=z["data"]["frames"], side=z["data"]["side"], stride=16, video_channels=48,
+                  audio_channels=20, audio_patch=1)
   # UMT5-XXL from the Wan2.2 diffusers release (set both: --config.data.text_encoder=DIR/text_encoder ...)
-  c.data.update(dict(text="umt5", frames=31, text_len=512, video_pca=48, audio_pca=20, text_tokenizer="", text_encoder="",
+  c.data.update(dict(text="umt5", text_len=z["data"]["text_len"], text_tokenizer="", text_encoder="",
                      latents="",   # prepared latents dir (python -m unitalking_jax.prepare): no codec in the loop
-                     text_encoder_dtype="bfloat16"))
-  c.trainer.precision.compute_dtype = "bfloat16"
-  c.trainer.remat = "full"
-  c.trainer.batch_size = 64
+                     text_encoder_dtype=z["data"]["text_encoder_dtype"],
+                     video_codec_chunk=z["data"]["video_codec_chunk"]))
+  t = z["trainer"]
+  c.trainer.precision.compute_dtype = t["compute_dtype"]
+  c.trainer.remat = t["remat"]
+  c.trainer.batch_size = t["batch_size"]
   c.trainer.mesh.update(dict(data=1, fsdp=-1))
   c.trainer.optimizer.learning_rate = 1e-5
-  c.trainer.total_steps = 100_000
-  c.sampling.update(dict(sampler="unipc", steps=50, shift=5.0, text_scale=5.0, ref_scale=2.0))
+  c.trainer.total_steps = t["total_steps"]
+  c.sampling.update(dict(sampler="unipc", steps=z["sampling"]["steps"], shift=5.0, text_scale=5.0, ref_scale=2.0))
   c.objective.timestep_shift = 5.0
   c.objective.p_independent_sigma = 0.0   # the paper's objective: one σ per example for both streams
   return c
