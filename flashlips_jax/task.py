@@ -67,6 +67,12 @@ def check_config(cfg):
                       ":STAGE,editor=REL), or objective.require_editor_init=False")
   if stage == "maskfree" and cfg.model.masked:
     raise ConfigError("stage 'maskfree' trains the mask-free editor: model.masked must be False")
+  if stage == "pose" and o.require_editor_init and has("editor"):
+    released = editor_release_masked(init["editor"]["path"])
+    if released is not None and released != bool(cfg.model.masked):
+      raise ConfigError(f"model.masked={bool(cfg.model.masked)} but the editor at init.editor.path="
+                        f"{init['editor']['path']} is {'masked' if released else 'mask-free'}: set model.masked="
+                        f"{released} (configs/flashlips/tiny.py:pose,editor=REL does)")
   if stage == "pose":
     p = cfg.model.pose
     if p.audio_dim != data_lib.audio_dim(d):
@@ -289,6 +295,19 @@ class Generator:
 
 FROZEN = {"editor": ("vae/",), "maskfree": ("vae/", "lips/", "teacher_"),
           "pose": ("vae/", "lips/", "reference/", "unet/")}
+
+
+def editor_release_masked(path: str) -> bool | None:
+  """The "masked" flag of an editor release file (REL/editor.safetensors metadata), None when it has none / is
+  not there (the init entry reports a missing file itself)."""
+  import json
+  import os
+  if not os.path.isfile(path):
+    return None
+  from safetensors import safe_open
+  with safe_open(path, "np") as f:
+    meta = f.metadata() or {}
+  return bool(json.loads(meta["masked"])) if "masked" in meta else None
 
 
 def make_task(cfg, model=None) -> train_lib.Task:

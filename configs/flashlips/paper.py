@@ -18,7 +18,7 @@ Data: SynthCue at 512 px frames, or real talking-face videos (HDTF / CelebV-HQ s
 --config.data.root=DIR, DIR/<split>/<name>.mp4 (25 fps, with audio) + <name>_landmarks.npy (68 points, pixels, from
 your own face-landmark detector; flashlips_jax.data.FolderSource).
 """
-from configs.flashlips.tiny import LIPS_DIM, add_init_entries, parse_arg
+from configs.flashlips.tiny import LIPS_DIM, add_init_entries, editor_masked, parse_arg
 from configs.flashlips.tiny import get_config as tiny_config
 from shared.config import model_section
 from shared.models.autoencoder_kl import sdxl_config
@@ -50,7 +50,7 @@ def get_config(arg: str = ""):
                 norm_num_groups=32, attention_head_dim=8, cross_attention_dim=512, use_linear_projection=True,
                 dtype=dt, remat_policy=c.trainer.get_ref("remat")),
       pose=dict(dim=512, layers=8, heads=8, mlp_ratio=4, audio_dim=4 * 64, max_frames=256, num_styles=1, dtype=dt),
-      masked=stage != "maskfree")
+      masked=editor_masked(stage, paths))
   c.model.vae.hf_extra = ()
   c.sampling.update(dict(steps=8, score_clips=64))
   add_init_entries(c, stage, paths)

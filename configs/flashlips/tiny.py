@@ -78,6 +78,21 @@ def add_init_entries(c, stage: str, paths: dict):
       c.init.teacher.path = c.init.editor.path
 
 
+def editor_masked(stage: str, paths: dict) -> bool:
+  """model.masked: False for the maskfree stage; for the pose stage the editor release's own flag (REL/release.json),
+  so that a pose model trained on the mask-free editor renders with it unmasked; True otherwise."""
+  if stage == "maskfree":
+    return False
+  if stage == "pose" and "editor" in paths:
+    import json
+    import os
+    info = os.path.join(paths["editor"], "release.json")
+    if os.path.isfile(info):
+      with open(info) as f:
+        return bool(json.load(f).get("masked", True))
+  return True
+
+
 def get_config(arg: str = ""):
   stage, paths = parse_arg(arg)
   c = ml_collections.ConfigDict()
@@ -109,7 +124,7 @@ def get_config(arg: str = ""):
                 norm_num_groups=8, attention_head_dim=4, cross_attention_dim=128, use_linear_projection=True,
                 dtype=dt),
       pose=dict(dim=128, layers=3, heads=4, mlp_ratio=4, audio_dim=4 * 64, max_frames=64, num_styles=1, dtype=dt),
-      masked=stage != "maskfree")
+      masked=editor_masked(stage, paths))
   c.model.vae.hf_extra = ()
   c.objective = ml_collections.ConfigDict(dict(
       latent_l1=1.0, latent_l2=1.0, pixel_l1=1.0, lips_gt_weight=0.0, kl_weight=1e-4,

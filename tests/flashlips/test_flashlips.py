@@ -88,6 +88,26 @@ def test_config_words_and_checks():
     make_task(cfg)
 
 
+def test_pose_stage_renders_with_its_editors_masking(tmp_path):
+  """A pose model trained on a mask-free editor release renders unmasked: the config word reads REL/release.json,
+  and a contradicting model.masked is a ConfigError naming it."""
+  from shared.weights.init import save_params
+  from flashlips_jax.task import check_config
+  rel = tmp_path / "mf_rel"
+  rel.mkdir()
+  save_params(str(rel / "editor.safetensors"), {"lips": {"w": np.zeros(1, np.float32)}},
+              metadata={"format": "flashlips_editor", "masked": False})
+  (rel / "release.json").write_text(json.dumps({"stage": "maskfree", "masked": False}))
+  cfg = get_config(f"pose,editor={rel}")
+  assert cfg.model.masked is False and get_config("pose").model.masked and not get_config("maskfree").model.masked
+  check_config(cfg)
+  cfg.model.masked = True
+  with pytest.raises(ConfigError, match="model.masked=True but the editor .* is mask-free"):
+    check_config(cfg)
+  cfg.objective.require_editor_init = False                  # evaluate / infer: the weights come from the checkpoint
+  check_config(cfg)
+
+
 def test_examples_crops_box_and_speech():
   cfg = micro()
   d = cfg.data
