@@ -21,7 +21,10 @@ JSON line, also written to DIR/eval/<step>.json:
                              energy: log mean mel power of the frame's 4 mel frames)
               sync_orig      the same edited clips against their ORIGINAL speech (should fall)
               sync_real      the real clips against their own speech (the ceiling); sync_input_new: the unedited
-                             clips against the new speech (the floor)
+                             clips against the new speech (the floor: two unrelated clips already correlate, both
+                             start and end in silence with the mouth closed)
+              dsync_*        the same four on frame-to-frame changes (np.diff of opening and of energy): the
+                             shared silence envelope removed, so unrelated clips sit near 0
               psnr_outside   the edited frames vs the input frames outside the mouth box (the masked editor's
                              output pasted back: exact there by construction); psnr_outside_raw: the editor's whole
                              output before any paste-back (what the mask-free editor is used as)
@@ -193,10 +196,10 @@ def pose_metrics(task, variables, cfg, split: str, n: int, seed: int = 0, lips_s
     e_new = speech_energy(r["audio_new"], int(cfg.data.frames), cfg.data)[:t]
     e_orig = speech_energy(r["audio_orig"], int(cfg.data.frames), cfg.data)[:t]
     op_edit, op_in = mouth_opening(r["edited"], r["box"]), mouth_opening(r["frames"], r["box"])
-    out["sync_new"].append(corr(op_edit, e_new))
-    out["sync_orig"].append(corr(op_edit, e_orig))
-    out["sync_real"].append(corr(op_in, e_orig))
-    out["sync_input_new"].append(corr(op_in, e_new))
+    for key, op, e in (("new", op_edit, e_new), ("orig", op_edit, e_orig), ("real", op_in, e_orig),
+                       ("input_new", op_in, e_new)):
+      out[f"sync_{key}"].append(corr(op, e))
+      out.setdefault(f"dsync_{key}", []).append(corr(np.diff(op), np.diff(e)))
     m = 1 - box_masks(r["box"][None], size)
     out["psnr_outside"].append(psnr(r["edited"], r["frames"], m))
     out["psnr_outside_raw"].append(psnr(r["raw"], r["frames"], m))
