@@ -15,7 +15,7 @@ Rows (configs/trimodal/tiny.py, batch 8; the same budget per compared row):
   pre_single         single stage: stage 2's mix for 750 steps                     -> findings (1), (3), (4)
   pre_nolip          pre_single with SLT from the sign stream alone                 -> finding (2)
   long, long_nolip   as pre_single / pre_nolip with the whole LLM training, 8000 steps at lr 1e-3 held (the rows
-                     that learn; long_nolip was not run to the end)
+                     that learn)
 Evaluation (python -m trimodal_jax.evaluate, split test = held-out speakers, N clips per task): SLT BLEU-4 /
 ROUGE-L / CER and the characters whose gloss shares its manual form; VSR / ASR / AVSR CER clean, ASR / AVSR at
 0 and -5 dB babble. Finished steps are skipped (a training run whose last checkpoint is the final step; an eval
