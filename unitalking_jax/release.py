@@ -445,8 +445,23 @@ def _read(name: str, value):
     return np.asarray(value)
   if not os.path.isfile(value):
     raise DataError(f"{name} (--{name}): no such file", path=str(value))
-  from unitalking_jax.sample import read_inputs
   return read_inputs(**{name: str(value)})[name]
+
+
+def read_inputs(image=None, ref_audio=None, video=None) -> dict:
+  """Decodes the files given (not None): {"image": [H,W,3] uint8, "video": [T,H,W,3] uint8, "ref_audio": [S]
+  float32 at 16 kHz}. DataError naming the file when one is missing, undecodable or empty."""
+  from shared.data.media import read_image, read_mp4, read_wav
+  out = {}
+  if image is not None:
+    out["image"] = read_image(image)
+  if video is not None:
+    out["video"] = read_mp4(video, with_audio=False).frames
+  if ref_audio is not None:
+    out["ref_audio"], _ = read_wav(ref_audio, sample_rate=16000)
+    if not out["ref_audio"].size:
+      raise DataError("audio file holds no samples", path=str(ref_audio))
+  return out
 
 
 def resolve_task(task: str | None, **given) -> str:

@@ -25,6 +25,7 @@ from absl import flags
 
 from shared import cli
 from shared.errors import ConfigError, DataError
+from unitalking_jax.release import read_inputs   # decodes --image / --video / --ref_audio (JAX-free)
 
 FLAGS = flags.FLAGS
 
@@ -69,35 +70,6 @@ def check_inputs(task: str, text: str, **given: str | None) -> None:
   for name, value in given.items():
     if value and not os.path.isfile(value):
       raise DataError(f"--{name}: no such file", path=value)
-
-
-def read_image(path: str) -> np.ndarray:
-  """An image file -> [H, W, 3] uint8 RGB; DataError naming the file when missing or undecodable."""
-  from PIL import Image
-  path = str(path)
-  if not os.path.isfile(path):
-    raise DataError("image file does not exist", path=path)
-  try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"), np.uint8)
-  except (OSError, ValueError, Image.DecompressionBombError) as e:   # UnidentifiedImageError is an OSError
-    raise DataError(f"cannot decode image: {type(e).__name__}: {e}", path=path) from e
-
-
-def read_inputs(image=None, ref_audio=None, video=None) -> dict:
-  """Decodes the files given (not None): {"image": [H,W,3] uint8, "video": [T,H,W,3] uint8, "ref_audio": [S]
-  float32 at 16 kHz}. DataError naming the file when one is missing, undecodable or empty."""
-  from shared.data.media import read_mp4, read_wav
-  out = {}
-  if image is not None:
-    out["image"] = read_image(image)
-  if video is not None:
-    out["video"] = read_mp4(video, with_audio=False).frames
-  if ref_audio is not None:
-    out["ref_audio"], _ = read_wav(ref_audio, sample_rate=16000)
-    if not out["ref_audio"].size:
-      raise DataError("audio file holds no samples", path=str(ref_audio))
-  return out
 
 
 def build_inputs(cfg, text: str, image=None, ref_audio=None, video=None) -> dict:

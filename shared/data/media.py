@@ -1,4 +1,4 @@
-"""Media I/O: mp4 (h264 video + aac audio, one file) with PyAV, wav with soundfile, resampling.
+"""Media I/O: mp4 (h264 video + aac audio, one file) with PyAV, wav with soundfile, images with PIL, resampling.
 
 Every failure to read a person's file (missing, truncated, undecodable, wrong content) raises
 `shared.errors.DataError` naming the file. Shapes:
@@ -226,3 +226,16 @@ def read_wav(path: str | os.PathLike, *, sample_rate: int | None = None) -> tupl
   if sample_rate is not None and int(sample_rate) != sr:
     audio, sr = resample(audio, sr, sample_rate), int(sample_rate)
   return np.ascontiguousarray(audio, np.float32), int(sr)
+
+
+def read_image(path: str) -> np.ndarray:
+  """An image file -> [H, W, 3] uint8 RGB; DataError naming the file when missing or undecodable."""
+  from PIL import Image
+  path = str(path)
+  if not os.path.isfile(path):
+    raise DataError("image file does not exist", path=path)
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"), np.uint8)
+  except (OSError, ValueError, Image.DecompressionBombError) as e:   # UnidentifiedImageError is an OSError
+    raise DataError(f"cannot decode image: {type(e).__name__}: {e}", path=path) from e
