@@ -151,30 +151,13 @@ def to_fps(frames: np.ndarray, fps_in: float, fps_out: float) -> np.ndarray:
 
 
 def decode_video(path: str, per_frame=None, *, gray: bool = False) -> tuple[np.ndarray, float]:
-  """The video stream of an mp4 alone, `per_frame` applied to each decoded frame as it comes (a How2Sign frame
-  is 1280 x 720: crop / resize before stacking, not after) -> (frames [T, ...] uint8, fps). The audio stream is
-  not decoded. DataError naming the file when it is missing or undecodable."""
-  import av
-  if not os.path.isfile(path):
-    raise DataError("video file does not exist", path=path)
-  frames = []
-  try:
-    with av.open(path, mode="r") as container:
-      if not container.streams.video:
-        raise DataError("file has no video stream", path=path)
-      vs = container.streams.video[0]
-      rate = vs.average_rate or vs.guessed_rate or vs.base_rate
-      fps = float(rate) if rate else float("nan")
-      for frame in container.decode(vs):
-        x = frame.to_ndarray(format="gray" if gray else "rgb24")
-        frames.append(per_frame(x[None])[0] if per_frame is not None else x)
-  except DataError:
-    raise
-  except (av.error.FFmpegError, OSError, ValueError, EOFError, IndexError) as e:
-    raise DataError(f"cannot decode video: {type(e).__name__}: {e}", path=path) from e
-  if not frames:
-    raise DataError("video decodes to zero frames (truncated or empty file)", path=path)
-  return np.stack(frames).astype(np.uint8), fps
+  """The video stream of an mp4 alone, `per_frame` ([1, H, W(, 3)] -> [1, ...]) applied to each decoded frame as it
+  comes (a How2Sign frame is 1280 x 720: crop / resize before stacking, not after) -> (frames [T, ...] uint8, fps).
+  The audio stream is not decoded. DataError naming the file when it is missing or undecodable."""
+  from shared.data.media import read_mp4
+  one = None if per_frame is None else (lambda x: per_frame(x[None])[0])
+  m = read_mp4(path, gray=gray, with_audio=False, per_frame=one)
+  return m.frames.astype(np.uint8), m.fps
 
 
 def read_lip(path: str, d, t: int | None = None) -> np.ndarray:

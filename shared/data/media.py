@@ -130,11 +130,13 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int] | None:
 
 
 def read_mp4(path: str | os.PathLike, *, gray: bool = False, with_audio: bool = True,
-             sample_rate: int | None = None) -> Media:
+             sample_rate: int | None = None, per_frame=None) -> Media:
   """Decode a video file. Returns Media(frames [T,H,W,3] uint8 (or [T,H,W] if gray), fps, audio [S]
   float32 mono or None when the file has no audio track, sample_rate).
 
   sample_rate: resample the audio track to this rate (None keeps the file's rate).
+  per_frame: applied to each decoded frame [H, W(, 3)] as it comes, before stacking (crop / resize a large video
+  without holding its full frames): frames = [T, *per_frame's output shape].
   Raises DataError naming the file when it is missing, truncated or not decodable.
   """
   import av
@@ -163,7 +165,8 @@ def read_mp4(path: str | os.PathLike, *, gray: bool = False, with_audio: bool = 
           n_audio = int(round(float(ast.duration * ast.time_base) * sr))
       for frame in container.decode(*streams):
         if isinstance(frame, av.VideoFrame):
-          frames.append(frame.to_ndarray(format="gray" if gray else "rgb24"))
+          x = frame.to_ndarray(format="gray" if gray else "rgb24")
+          frames.append(per_frame(x) if per_frame is not None else x)
         else:
           chunks.append(_mono(frame))
   except DataError:

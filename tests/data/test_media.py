@@ -48,6 +48,10 @@ def test_mp4_round_trip_video_and_audio(tmp_path):
   assert np.corrcoef(m.audio[:n], audio)[0, 1] > 0.98
   info = media.probe_mp4(path)
   assert info["n_frames"] == len(fr) and info["has_audio"] and (info["width"], info["height"]) == (48, 32)
+  # per_frame: each frame cropped as it is decoded == cropping the stacked frames
+  crop = media.read_mp4(path, with_audio=False, per_frame=lambda x: x[4:20, 8:40])
+  assert crop.audio is None
+  np.testing.assert_array_equal(crop.frames, m.frames[:, 4:20, 8:40])
   # 16 kHz track read at 8 kHz
   assert abs(len(media.read_mp4(path, sample_rate=8000).audio) - len(m.audio) / 2) <= 1
   # the audio track alone (no frame decoded) is the same samples
