@@ -225,9 +225,9 @@ def swap_editor(params, cfg, release: str):
   Raises CheckpointError when the release's lips encoder differs from the workdir's."""
   import json
   import os
-  from safetensors import safe_open
   from shared.errors import CheckpointError, ConfigError
   from shared.weights.init import load_into
+  from flashlips_jax.task import editor_release_meta
   if cfg.model.stage != "pose":
     raise ConfigError(f"--editor swaps the editor under a pose model; this workdir's stage is {cfg.model.stage!r}",
                       key="editor")
@@ -235,8 +235,7 @@ def swap_editor(params, cfg, release: str):
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: no editor release here (python -m flashlips_jax.export of an editor, maskfree or"
                           " pose workdir writes it)")
-  with safe_open(path, "np") as f:
-    meta = f.metadata() or {}
+  meta = editor_release_meta(path)
   if meta.get("format") != "flashlips_editor" or "masked" not in meta:
     raise CheckpointError(f"{path}: metadata format {meta.get('format')!r}, expected 'flashlips_editor' with 'masked'")
   new, report = load_into(params, path, prefix="", family="params", allow_missing=True)   # unexpected / mis-shaped raise

@@ -297,16 +297,21 @@ FROZEN = {"editor": ("vae/",), "maskfree": ("vae/", "lips/", "teacher_"),
           "pose": ("vae/", "lips/", "reference/", "unet/")}
 
 
-def editor_release_masked(path: str) -> bool | None:
-  """The "masked" flag of an editor release file (REL/editor.safetensors metadata), None when it has none / is
-  not there (the init entry reports a missing file itself)."""
-  import json
+def editor_release_meta(path: str) -> dict:
+  """The metadata of an editor release file (REL/editor.safetensors: "format", "masked", "config"); {} when the
+  file is not there (the init entry reports a missing file itself)."""
   import os
   if not os.path.isfile(path):
-    return None
+    return {}
   from safetensors import safe_open
   with safe_open(path, "np") as f:
-    meta = f.metadata() or {}
+    return dict(f.metadata() or {})
+
+
+def editor_release_masked(path: str) -> bool | None:
+  """The "masked" flag of an editor release file, None when it has none."""
+  import json
+  meta = editor_release_meta(path)
   return bool(json.loads(meta["masked"])) if "masked" in meta else None
 
 

@@ -276,7 +276,4 @@ class SyncScorer:
     if len(lips) == 0:
       raise ValueError(f"SyncScorer: {len(frames)} frames / {len(audio) / sample_rate:.2f} s of audio: SyncNet "
                        "needs more than 5 frames of both")
-    return lse(self._lip_embed(lips), self._embed(self._audio, aud), self.vshift)
-
-  def _lip_embed(self, lips: np.ndarray) -> np.ndarray:
-    return self._embed(self._lip, lips)
+    return lse(self._embed(self._lip, lips), self._embed(self._audio, aud), self.vshift)
