@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 import jax.numpy as jnp
@@ -72,6 +73,9 @@ def trainer_config(**overrides) -> ml_collections.ConfigDict:
   c.hooks = ml_collections.ConfigDict(dict(on_error="continue"))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1))
   c.rules = ()
+  # parameter paths (regexes, re.match on "a/b/kernel", e.g. "sign_encoder/") kept whole on every device whatever
+  # the rules say: frozen encoders data-parallel beside an FSDP-sharded LLM (shared.mesh.replicate_matching)
+  c.replicate = ()
   c.remat = "none"
   c.nan_guard = ml_collections.ConfigDict(dict(max_consecutive=10))
   c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))
@@ -129,6 +133,11 @@ def validate_trainer(t: ml_collections.ConfigDict) -> None:
   for key in ("param_dtype", "compute_dtype"):
     if t.precision[key] not in DTYPES:
       _fail(f"precision.{key}", t.precision[key], f"one of {tuple(DTYPES)}")
+  for pattern in t.get("replicate", ()):
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      _fail("replicate", pattern, f"a regular expression over parameter paths ({e})")
   if t.checkpoint.every_steps < 0 or t.checkpoint.keep < 1:
     _fail("checkpoint", dict(t.checkpoint), "every_steps >= 0 and keep >= 1")
   if t.checkpoint.get("best_mode", "min") not in ("min", "max"):

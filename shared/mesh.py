@@ -106,6 +106,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def replicate_matching(mesh: Mesh, shardings, patterns: Sequence[str]):
+  """Tree of NamedShardings -> the same tree with every leaf whose "/"-joined path matches one of `patterns`
+  (re.match, e.g. "sign_encoder/") replicated: data parallel for those weights whatever the logical rules say
+  (frozen encoders beside an FSDP-sharded LLM: no ZeRO gather of them per step). trainer.replicate in configs."""
+  if not patterns:
+    return shardings
+  import re
+
+  from flax import traverse_util
+  regs = [re.compile(p) for p in patterns]
+  flat = traverse_util.flatten_dict(shardings, sep="/")
+  out = {k: replicated(mesh) if any(r.match(k) for r in regs) else v for k, v in flat.items()}
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
 def batch_divisor(mesh: Mesh, rules) -> int:
   """The number of shards of the batch axis: the global batch size must be a multiple of it."""
   axes = dict(rules).get("batch", ("data", "fsdp"))

@@ -291,8 +291,10 @@ def build(cfg: ml_collections.ConfigDict, task: Task, *, mesh=None, example_batc
   with jax.set_mesh(mesh):
     boxed, boxed_ms = jax.eval_shape(init_boxed, rng)
   logical = nn.get_partition_spec(boxed)
-  param_sh = mesh_lib.logical_shardings(mesh, rules, logical)
-  ms_sh = mesh_lib.logical_shardings(mesh, rules, nn.get_partition_spec(boxed_ms))
+  keep_whole = tuple(t.get("replicate", ()))   # trainer.replicate: those weights data-parallel, not by the rules
+  param_sh = mesh_lib.replicate_matching(mesh, mesh_lib.logical_shardings(mesh, rules, logical), keep_whole)
+  ms_sh = mesh_lib.replicate_matching(
+      mesh, mesh_lib.logical_shardings(mesh, rules, nn.get_partition_spec(boxed_ms)), keep_whole)
   abstract_params = nn.meta.unbox(boxed)
   keys = list(flat(abstract_params))
   trainable_keys = frozenset(k for k in keys if task.trainable is None or task.trainable(k))

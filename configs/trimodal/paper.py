@@ -27,8 +27,9 @@ Stage 2's babble noise (data.babble_p) reads the NOISEX-92 babble recording at d
 wav; trimodal_jax/data.babble_pool cuts it into 16 segments, mixed 3 at a time); stage 2 needs it set.
 
 Mesh: trainer.mesh fsdp = every device (data 1): the batch is split over all devices (each runs the encoders on
-its own examples: data parallel), and every weight's "embed" axis is sharded over fsdp (ZeRO-3: LLaMA's 3.2 B,
-and the frozen encoders too - shared.mesh's rules do not tell the encoders' weights from the LLM's).
+its own examples: data parallel); LLaMA's weights have their "embed" axis sharded over fsdp (ZeRO-3), while the
+frozen encoders (trainer.replicate = sign_encoder/, lip_encoder/, audio_encoder/, set in tiny.py) are kept whole
+on every device: no all-gather of them per step, at the cost of their full copy per chip.
 
 Measured memory (shared/scaling/aot.py: the real stage-1 train step lowered on abstract shapes - batch_spec at the
 largest buckets: 600 frames, 128 target tokens - and compiled by libtpu's XLA:TPU for the slice; no weights, no

@@ -60,7 +60,10 @@ def get_config(arg: str = ""):
                     final_ratio=0.01),
       # the paper keeps the best checkpoint by held-out next-token accuracy beside the last one: DIR/best
       checkpoint=dict(every_steps=500, keep=4, best="val_token_acc", best_mode="max"),
-      precision=dict(compute_dtype="float32"))
+      precision=dict(compute_dtype="float32"),
+      # the mesh: FSDP over the LLM, data parallel over the encoders (kept whole on every device; with
+      # mesh fsdp = 1, as here, nothing is sharded anyway)
+      replicate=("sign_encoder/", "lip_encoder/", "audio_encoder/"))
   c.data = ml_collections.ConfigDict(dict(
       source="synthcue", seed=0, num_samples=100_000, lexicon_size=24, max_homophones=3, n_speakers=8,
       n_test_speakers=2, clauses=(1, 1), fps=25, sample_rate=16000, shared_sign_fraction=0.3,

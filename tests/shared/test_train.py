@@ -57,6 +57,24 @@ def test_sharded_equals_single_device():
   assert qkv.addressable_shards[0].data.shape == (2, 16, 3, 1, 16)
 
 
+def test_replicate_keeps_matching_weights_whole():
+  """trainer.replicate: the matching weights (and their Adam moments) are whole on every device, the rest still
+  follows the rules; a bad pattern is a ConfigError naming the key."""
+  from shared.errors import ConfigError
+  cfg = small_cfg(replicate=("blocks/qkv",))
+  task = make_task(cfg)
+  setup = train_lib.build(cfg, task, mesh=mesh_of(jax.devices(), data=2, fsdp=2, tensor=2),
+                          example_batch=train_lib._peek(task.make_train_iter()))
+  specs = {k: s.spec for k, s in train_lib.flat(setup.state_shardings.params).items()}
+  assert specs["blocks/qkv"] == jax.sharding.PartitionSpec()
+  assert any("fsdp" in str(s) for k, s in specs.items() if k != "blocks/qkv")
+  moments = [s.spec for p, s in jax.tree_util.tree_leaves_with_path(setup.state_shardings.opt_state)
+             if "blocks/qkv" in jax.tree_util.keystr(p)]
+  assert moments and all(m == jax.sharding.PartitionSpec() for m in moments)
+  with pytest.raises(ConfigError, match="replicate"):
+    train_lib.build(small_cfg(replicate=("blocks/(",)), task)
+
+
 def test_fsdp_shrinks_per_device_state_memory():
   cfg = small_cfg()
   cfg.model.update(dict(dim=256, mlp=1024, heads=4, layers=2, vocab=64))

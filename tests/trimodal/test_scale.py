@@ -1,5 +1,6 @@
 """The tiny tri-modal train step (stage 2: SLT / VSR / ASR / AVSR mixed, every encoder, LoRA dropout on) on 8
-simulated devices, mesh data 2 x fsdp 4 (batch over both, the weights' embed axis over fsdp), equals the same step
+simulated devices, mesh data 2 x fsdp 4 (batch over both, the LLM weights' embed axis over fsdp, the encoders kept
+whole: trainer.replicate), equals the same step
 on 1 device for the same batch and initial TrainState: the same loss, token count, gradient norm and updated
 params (fp32, rel 1e-5)."""
 import jax
@@ -63,6 +64,10 @@ def test_train_step_on_8_devices_equals_1():
   p1, m1, _ = _step(cfg, task, batch, _mesh(1, 1), host)
   p8, m8, sh = _step(cfg, task, batch, _mesh(2, 4), host)
   assert any("fsdp" in str(s) for s in sh.values())                       # some weights really are sharded
+  # ... the LLM's; the encoders are kept whole (trainer.replicate): FSDP over the LLM, data over the encoders
+  enc = {k: s for k, s in sh.items() if k.startswith(("sign_encoder/", "lip_encoder/", "audio_encoder/"))}
+  assert enc and all(all(a is None for a in s) for s in enc.values()), enc
+  assert any("fsdp" in str(s) for k, s in sh.items() if k.startswith("llm/"))
   assert m1["loss"] > 0 and m8["loss_weight"] == m1["loss_weight"] == float(batch["target_len"].sum())
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-5)
