@@ -37,6 +37,10 @@ data; make_task's checks met by a stand-in tokenizer directory, TOK = the SynthC
 save_pretrained: 14 instruction tokens, LLaMA's would be a few more; `python -m shared.scaling compile --config
 configs/trimodal/paper.py:stage1 --topology v5p-8 --config.tokenizer.path=TOK`): 3.906 B parameters, 33.99 M
 trainable (LoRA 9.2 M, adapters 7.5 M, mapping 17.3 M); remat full, bf16 compute, float32 params.
+These were measured with the encoders FSDP-sharded too (before trainer.replicate); kept whole, they add their
+unsharded share per chip - about 0.66 B float32 weights (Swin-T 28 M, AV-HuBERT Large video path ~0.33 B,
+Whisper-medium encoder ~0.31 B) = 2.5 GiB x (1 - 1/fsdp): ~1.8 GiB at fsdp 4, ~2.1 GiB at fsdp 8 (arithmetic,
+not re-measured); small beside the temporaries below.
   v5p-8 (4 chips, fsdp=4, batch 8 = 2 clips of 600 frames per chip): TrainState 3.74 GiB per chip (params 3.65,
     Adam 0.08); argument 3.91 GiB; XLA refuses the program: HLO temporaries 124.25 GiB > 95.74 GiB available
     (peak 128.2 GiB, 135 %): does not fit. The sign encoder dominates: one 16-frame Swin-T clip per frame is
