@@ -16,6 +16,7 @@ Rows (configs/trimodal/tiny.py, batch 8; the same budget per compared row):
   pre_nolip          pre_single with SLT from the sign stream alone                 -> finding (2)
   long, long_nolip   as pre_single / pre_nolip with the whole LLM training, 8000 steps at lr 1e-3 held (the rows
                      that learn)
+  long_s1 -> long_s2 two-stage at the same budget: stage 1 4000 steps, stage 2 4000 (vs long) -> finding (4)
 Evaluation (python -m trimodal_jax.evaluate, split test = held-out speakers, N clips per task): SLT BLEU-4 /
 ROUGE-L / CER and the characters whose gloss shares its manual form; VSR / ASR / AVSR CER clean, ASR / AVSR at
 0 and -5 dB babble. Finished steps are skipped (a training run whose last checkpoint is the final step; an eval
@@ -49,9 +50,9 @@ def _standin_flags(out: str) -> list[str]:
   return [f"--config.init.{n}.path={os.path.join(out, 'pre_' + n, 'export')}" for n in STANDINS]
 
 
-def _long() -> list[str]:
-  return [f"--config.trainer.total_steps={L}", "--config.trainer.schedule.warmup_steps=100",
-          f"--config.trainer.schedule.hold_steps={L - 600}", "--config.trainer.schedule.decay_steps=500",
+def _long(total: int = L) -> list[str]:
+  return [f"--config.trainer.total_steps={total}", "--config.trainer.schedule.warmup_steps=100",
+          f"--config.trainer.schedule.hold_steps={total - 600}", "--config.trainer.schedule.decay_steps=500",
           "--config.trainer.log_every=250", "--config.trainer.eval_every=0", "--config.trainer.checkpoint.every_steps=1000",
           "--config.train.llm=all"]
 
@@ -72,6 +73,9 @@ ROWS = {
     # held (the tri-stage decay to 1 % would waste most of the run)
     "long": ("stage2,frozen", L, _long(), None, True),
     "long_nolip": ("stage2,frozen", L, _long() + ["--config.model.slt_lip=False"], None, True),
+    # finding (4) at the learning budget: stage 1 (VSR + SLT) for half of it, then stage 2 (all four) for the rest
+    "long_s1": ("stage1,frozen", L // 2, _long(L // 2), None, True),
+    "long_s2": ("stage2,frozen", L // 2, _long(L // 2), "long_s1", True),
     "pre_nolip": ("stage2,frozen", P1 + P2, _schedule(P1 + P2, 25) + ["--config.trainer.eval_every=0",
                                                                        "--config.model.slt_lip=False"], None, True),
 }
@@ -87,7 +91,8 @@ EVALS = {
 EVALS["pre_s2"] = EVALS["pre_single"] = EVALS["single"]
 EVALS["pre_s1"] = EVALS["main_s1"]
 EVALS["pre_nolip"] = EVALS["long_nolip"] = [("slt", None)]
-EVALS["long"] = EVALS["single"]
+EVALS["long"] = EVALS["long_s2"] = EVALS["single"]
+EVALS["long_s1"] = EVALS["main_s1"]
 LABELS = {"main_s1": "scratch: stage 1, SLT from signs + lips", "nolip_s1": "scratch: stage 1, SLT from signs alone",
           "main_s2": "scratch: two-stage (stage 1 -> stage 2)",
           "single": "scratch: single stage (all tasks from the start)",
@@ -95,7 +100,9 @@ LABELS = {"main_s1": "scratch: stage 1, SLT from signs + lips", "nolip_s1": "scr
           "pre_single": "stand-ins: single stage, SLT from signs + lips (750)",
           "pre_nolip": "stand-ins: single stage, SLT from signs alone (750)",
           "long": "stand-ins, whole LLM trains: single stage (8000)",
-          "long_nolip": "stand-ins, whole LLM trains: single stage, SLT from signs alone (8000)"}
+          "long_nolip": "stand-ins, whole LLM trains: single stage, SLT from signs alone (8000)",
+          "long_s1": "stand-ins, whole LLM trains: stage 1 (4000)",
+          "long_s2": "stand-ins, whole LLM trains: two-stage (4000 -> 4000)"}
 
 
 def _run(cmd: list[str], log: str):
@@ -184,7 +191,7 @@ def report(out: str) -> str:
   lines = ["Finding (2): SLT with vs without lips (stage 1, same budget)", "",
            "| row | BLEU-4 | ROUGE-L | CER | shared-form char acc | other char acc |", "|---|---|---|---|---|---|"]
   for row in ("main_s1", "nolip_s1", "main_s2", "single", "pre_s1", "pre_s2", "pre_single", "pre_nolip", "long",
-              "long_nolip"):
+              "long_nolip", "long_s1", "long_s2"):
     if (row, "slt") in got:
       lines.append(f"| {LABELS[row]} | {_fmt(val(row, 'slt', 'slt/bleu4'))} | {_fmt(val(row, 'slt', 'slt/rougeL'))}"
                    f" | {_fmt(val(row, 'slt', 'slt/cer'))} | {_fmt(val(row, 'slt', 'slt/shared_char_acc'))}"
@@ -192,7 +199,7 @@ def report(out: str) -> str:
   lines += ["", "Findings (1), (3), (4): CER per task (held-out speakers); ASR / AVSR under babble noise", "",
             "| row | SLT BLEU-4 | VSR | ASR clean | AVSR clean | ASR 0 dB | AVSR 0 dB | ASR -5 dB | AVSR -5 dB |",
             "|---|---|---|---|---|---|---|---|---|"]
-  for row in ("main_s2", "single", "pre_s2", "pre_single", "long"):
+  for row in ("main_s2", "single", "pre_s2", "pre_single", "long", "long_s2"):
     if (row, "vsr") not in got:
       continue
     cells = [_fmt(val(row, "slt", "slt/bleu4")), _fmt(val(row, "vsr", "vsr/cer"))]
