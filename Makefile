@@ -20,6 +20,9 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e '.[test]'
 	# FunASR: the SANM parity oracle; --no-deps: its modules build offline with torch, numpy and pyyaml
 	$(PY) -m pip install -q --no-deps funasr==1.4.16
+	# BigVGAN: NVIDIA's own package, the BigVGAN parity oracle and the release's PyTorch vocoder; --no-deps: its
+	# training deps (pesq, nnaudio) are not needed, import needs torch, huggingface_hub, librosa, matplotlib, scipy, tqdm
+	$(PY) -m pip install -q --no-deps bigvgan==2.4.1
 	touch $@
 
 train: venv

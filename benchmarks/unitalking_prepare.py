@@ -2,9 +2,12 @@
 
     python benchmarks/unitalking_prepare.py                       # tiny config, 64 clips, 50 training steps
     python benchmarks/unitalking_prepare.py --clips 32 --steps 20 --frames 8
+    python benchmarks/unitalking_prepare.py --config tiny:vae_codecs --frames 33 \
+        --video_codec_path V --audio_codec_path A           # the trained tiny Wan / mel VAEs (train_codec workdirs)
 
 Line "prepare" (one per layout): clips/s of `python -m unitalking_jax.prepare`'s loop (one process) on the
-config's codecs (tiny: PCA video codec on 8x space-to-depth, PCA audio codec on the AudioLDM log-mel, pinyin ids),
+config's codecs (tiny: PCA video codec on 8x space-to-depth, PCA audio codec on the AudioLDM log-mel, pinyin ids;
+tiny:vae_codecs: the Wan2.2-style video VAE on whole 32 px frames and the MMAudio-style mel VAE; "codec" names them),
 for layout synthcue (clips generated in memory) and lrs3 (the same clips written as mp4 + wav by layouts.write_lrs3,
 decoded again); plus seconds per clip by stage: load (generate / decode + conform), video codec, audio codec,
 text + reference, record serialisation. The codec fit (once per config) is timed apart ("fit_s").
@@ -63,7 +66,8 @@ def bench_prepare(cfg, layout: str, root: str, out: str) -> dict:
     stages["text_ref"] += max((t5 - t4) - (t4 - t2), 0.0)
     stages["record"] += t6 - t5
   idx = res["index"]
-  return {"bench": "unitalking_prepare", "what": "prepare", "layout": layout, "codec": "pca (tiny)",
+  codec = f"{cfg.data.video_codec} / {cfg.data.audio_codec}"
+  return {"bench": "unitalking_prepare", "what": "prepare", "layout": layout, "codec": codec,
           "video_latent": idx["shapes"]["video"]["shape"], "audio_latent": idx["shapes"]["audio"]["shape"],
           "clips": idx["clips"], "records": idx["records"], "seconds": round(dt, 2),
           "clips_per_s": round(idx["clips"] / dt, 2),
@@ -92,7 +96,8 @@ def bench_train(cfg_fn, latents: str, workdir: str) -> dict:
     out[name] = dict(wall_s=time.perf_counter() - t0, losses=[r["loss"] for r in rows],
                      sps=statistics.median(r["steps_per_s"] for r in rows[5:]) if len(rows) > 5 else float("nan"))
   a, b = out["on_the_fly"]["losses"], out["latents"]["losses"]
-  return {"bench": "unitalking_prepare", "what": "train", "steps": len(a), "batch": cfg.trainer.batch_size,
+  return {"bench": "unitalking_prepare", "what": "train", "codec": f"{cfg.data.video_codec} / {cfg.data.audio_codec}",
+          "steps": len(a), "batch": cfg.trainer.batch_size,
           "frames": cfg.data.frames, "steps_per_s_on_the_fly": round(out["on_the_fly"]["sps"], 3),
           "steps_per_s_latents": round(out["latents"]["sps"], 3),
           "speedup": round(out["latents"]["sps"] / out["on_the_fly"]["sps"], 2),
@@ -106,7 +111,9 @@ def bench_train(cfg_fn, latents: str, workdir: str) -> dict:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--config", default="tiny", help="configs/unitalking/<name>.py")
+  p.add_argument("--config", default="tiny", help="configs/unitalking/<name>.py[:arg]")
+  p.add_argument("--video_codec_path", default="", help="data.video_codec_path (the VAE codec configs)")
+  p.add_argument("--audio_codec_path", default="", help="data.audio_codec_path")
   p.add_argument("--clips", type=int, default=64, help="SynthCue clips prepared (and trained on)")
   p.add_argument("--frames", type=int, default=32)
   p.add_argument("--batch", type=int, default=8)
@@ -117,8 +124,15 @@ def main():
 
   from shared.data import layouts
   from unitalking_jax import data as data_lib
-  mod = importlib.import_module(f"configs.unitalking.{args.config}")
-  cfg_fn = lambda: small(mod.get_config(), args.frames, args.clips, args.batch, args.steps)  # noqa: E731
+  name, _, arg = args.config.partition(":")
+  mod = importlib.import_module(f"configs.unitalking.{name}")
+
+  def cfg_fn():
+    cfg = mod.get_config(arg)
+    for key in ("video_codec_path", "audio_codec_path"):
+      if getattr(args, key):
+        cfg.data[key] = getattr(args, key)
+    return small(cfg, args.frames, args.clips, args.batch, args.steps)
   cfg = cfg_fn()
   tmp = tempfile.mkdtemp(prefix="unitalking_prepare_")
   t0 = time.perf_counter()

@@ -8,7 +8,9 @@ Codecs (`codecs(cfg)`), chosen by data.video_codec / data.audio_codec:
     the Wan2.1/2.2-style video VAE (diffusers AutoencoderKLWan directory: DIR/video_vae of
     `train_codec --config codec_tiny.py:video`, or the vae/ of a Wan diffusers release; stride 4 x f x f,
     causal) and the MMAudio-style mel VAE (DIR/codec of `python -m unitalking_jax.train_codec`: 16 kHz, 80
-    log10 mels at 62.5 Hz -> latents at 31.25 Hz; Griffin-Lim vocoder). Both latents normalised per channel.
+    log10 mels at 62.5 Hz -> latents at 31.25 Hz; vocoder: Griffin-Lim, or with data.vocoder_path a BigVGAN
+    directory in NVIDIA's layout, config.json + bigvgan_generator.pt, whose mel settings must be the codec's;
+    shared.models.av_codec scales the log-mel to its log base). Both latents normalised per channel.
     data.frames must be 1 + 4 k. The channel counts stay data.video_pca / data.audio_pca (the one place the
     model's in/out channels are read from) and data.pixel_factor is the spatial stride: checked against the
     loaded VAEs (ConfigError naming the key).
@@ -27,11 +29,14 @@ A prepared sample (all fixed shapes, so every batch compiles once):
           | [S, text_dim] float32         data.text = "umt5": frozen UMT5 features of the clip's sentence
                                           (unitalking_jax/text_encoder.py; zero rows after the real tokens)
   text_mask [S] bool                      real text positions (pinyin: ids != 0, position 0 always)
-  ref     [Ta/r, r audio_pca] float32     reference audio tokens: the clip's own latents in r-frame chunks
+  ref     [R, r audio_pca] float32        reference audio tokens: the clip's own latents in r-frame chunks
                                           (r = ref_patch(cfg): 4 for pca, model.audio_patch for vae),
                                           randomly permuted (keeps the voice, hides content and timing;
                                           SynthCue has no second clip of a speaker at hand - approximation
-                                          of the paper's IndexTTS2 re-synthesised references)
+                                          of the paper's IndexTTS2 re-synthesised references). R = Ta / r
+                                          (data.ref_len = 0), or R = data.ref_len: the tokens truncated /
+                                          zero-padded to that fixed count (the paper's 257 reference latents;
+                                          a user's reference at sampling: ref_audio_tokens, its own length)
   mouth_open [T] float32                  SynthCue ground truth (eval only)
 
 Sync score (`sync_score`, documented for the learning check): per clip, the Pearson correlation over
@@ -50,6 +55,7 @@ from shared.data.synthcue import FACE_UNIT, SynthCue, synthcue_source
 from shared.errors import ConfigError, DataError
 from shared.text.pinyin import pinyin_vocab
 from unitalking_jax.codecs import PCA, MelCodec, PixelCodec, VAECodecs, audio_latent_frames
+from unitalking_jax.release import SAMPLES_PER_FRAME, fixed_length, ref_audio_tokens
 
 VOCAB = pinyin_vocab()
 MEL_PER_FRAME = 4  # 16 kHz / 25 fps / hop 160
@@ -127,7 +133,8 @@ def latent_layout(cfg) -> dict:
   if ta % p:
     raise ConfigError(f"config key model.audio_patch = {p}: must divide the {ta} audio latents of a clip")
   ca, rp = int(d.audio_pca), ref_patch(cfg)
-  return {"video": (tv, side // f, side // f, int(d.video_pca)), "audio": (ta, ca), "ref": (ta // rp, rp * ca),
+  return {"video": (tv, side // f, side // f, int(d.video_pca)), "audio": (ta, ca),
+          "ref": (ref_len(cfg) or ta // rp, rp * ca),
           "frames": t, "audio_time_scale": p * vrate / arate}
 
 
@@ -137,17 +144,42 @@ def ref_patch(cfg) -> int:
   return MEL_PER_FRAME if codec_kind(cfg) == "pca" else int(cfg.model.audio_patch)
 
 
-def ref_tokens(audio: np.ndarray, patch: int, perm=None) -> np.ndarray:
-  """Audio latents [Ta, Ca] -> reference tokens [Ta / patch, patch Ca] f32 (rows permuted by perm if given)."""
+def ref_len(cfg) -> int:
+  """data.ref_len: 0 = a clip's own reference token count (Ta / ref_patch); N > 0 = N tokens (truncated /
+  zero-padded; the paper fixes 257)."""
+  n = int(cfg.data.get("ref_len", 0) or 0)
+  if n < 0:
+    raise ConfigError(f"config key data.ref_len = {n}: expected 0 (the clip's own length) or a token count > 0")
+  return n
+
+
+def ref_tokens(audio: np.ndarray, patch: int, perm=None, length: int = 0) -> np.ndarray:
+  """Audio latents [Ta, Ca] -> reference tokens [Ta / patch, patch Ca] f32 (rows permuted by perm if given),
+  then with length > 0 truncated / zero-padded to [length, patch Ca] (release.fixed_length)."""
   a = np.asarray(audio, np.float32)
   r = a.reshape(a.shape[0] // patch, patch * a.shape[-1])
-  return (r if perm is None else r[perm]).astype(np.float32)
+  r = (r if perm is None else r[perm]).astype(np.float32)
+  return fixed_length(r, length) if length else r
+
+
+def reference_tokens(c, cfg, audio: np.ndarray) -> np.ndarray:
+  """A user's reference voice [S] float32 16 kHz -> reference tokens with the config's codecs `c`: data.ref_len
+  = 0: the first T frames' latents ([Ta / r, r Ca], as training); N > 0: release.ref_audio_tokens (its own
+  length, truncated / zero-padded to N tokens) - the rule the release pipelines apply in both frameworks."""
+  n, p = ref_len(cfg), ref_patch(cfg)
+  if not n:
+    return ref_tokens(c.encode_audio(audio, cfg.data.frames * MEL_PER_FRAME), p)
+  if getattr(c, "kind", "pca") == "vae":
+    a = c.audio
+    return ref_audio_tokens(audio, n, p, a.mel.hop * a.downsample, lambda x, k: a.encode_audio(x, k))
+  return ref_audio_tokens(audio, n, p, SAMPLES_PER_FRAME // MEL_PER_FRAME, lambda x, k: c.encode_audio(x, k))
 
 
 def _codec_dir(path: str, sub: str, marker: str) -> str:
-  """path, or path/sub when path is a training workdir holding it (marker: the file that must exist)."""
+  """path, or path/sub when path is a training workdir holding it (marker: the file that must exist; a workdir
+  has a config.json of its own: the training config, so path/sub wins whenever it holds the marker)."""
   import os
-  if os.path.isfile(os.path.join(path, sub, marker)) and not os.path.isfile(os.path.join(path, marker)):
+  if os.path.isfile(os.path.join(path, sub, marker)):
     return os.path.join(path, sub)
   return path
 
@@ -170,13 +202,31 @@ def vae_codec_dirs(cfg) -> tuple[str, str]:
   return out[0], out[1]
 
 
+def vocoder_path(cfg) -> str:
+  """data.vocoder_path: "" (Griffin-Lim) or a BigVGAN directory in NVIDIA's layout (config.json +
+  bigvgan_generator.pt, e.g. MMAudio's 16 kHz BigVGAN converted with shared.weights.bigvgan_family.save_bigvgan
+  and "mel_log": "log10"); only with the mel VAE codec. ConfigError naming the key when it cannot be used."""
+  import os
+  path = str(cfg.data.get("vocoder_path", "") or "")
+  if not path:
+    return ""
+  if codec_kind(cfg) != "vae":
+    raise ConfigError(f"config key data.vocoder_path = {path!r}: a BigVGAN vocoder needs data.audio_codec='mel_vae' "
+                      f"(the PCA codecs' 64-bin AudioLDM mel is inverted by Griffin-Lim)")
+  for f in ("config.json", "bigvgan_generator.pt"):
+    if not os.path.isfile(os.path.join(path, f)):
+      raise ConfigError(f"config key data.vocoder_path = {path!r}: no {f} there (expected a BigVGAN directory in "
+                        f"NVIDIA's layout: config.json + bigvgan_generator.pt)")
+  return path
+
+
 def _vae_codecs(cfg) -> VAECodecs:
   from shared.models import av_codec
   d = cfg.data
   vdir, adir = vae_codec_dirs(cfg)
   chunk = int(d.get("video_codec_chunk", 0)) or None
   video = av_codec.load_wan_video_codec(vdir, encode_chunk=chunk, decode_chunk=1 if chunk else None)
-  audio = av_codec.load_mel_vae_audio_codec(adir)
+  audio = av_codec.load_mel_vae_audio_codec(adir, vocoder=vocoder_path(cfg) or None)
   checks = (("data.video_pca", int(d.video_pca), video.latent_channels, f"the Wan VAE's z_dim ({vdir})"),
             ("data.pixel_factor", int(d.pixel_factor), video.spatial_stride, f"the Wan VAE's spatial stride ({vdir})"),
             ("data.audio_pca", int(d.audio_pca), audio.latent_channels, f"the mel VAE's embed_dim ({adir})"))
@@ -196,10 +246,11 @@ def codecs(cfg):
   d = cfg.data
   if codec_kind(cfg) == "vae":
     key = ("vae",) + vae_codec_dirs(cfg) + (int(d.get("video_codec_chunk", 0)), int(d.video_pca),
-                                            int(d.audio_pca), int(d.pixel_factor))
+                                            int(d.audio_pca), int(d.pixel_factor), vocoder_path(cfg))
     if key not in _CODECS:
       _CODECS[key] = _vae_codecs(cfg)
     return _CODECS[key]
+  vocoder_path(cfg)   # refuses a vocoder with the PCA codecs
   key = (d.seed, d.lexicon_size, d.n_speakers, d.n_test_speakers, tuple(d.clauses), d.frame_size,
          d.get("face_crop", 0), d.frames,
          d.pixel_factor, d.mel_mean, d.mel_std, d.video_pca, d.audio_pca, d.pca_fit_samples,
@@ -328,7 +379,7 @@ def prepare(sample: dict, cfg, seed: int = 0) -> dict:
   else:
     text, text_mask = pinyin_text(sample["pinyin"].split(), cfg)
   rng = np.random.default_rng([seed, int(sample.get("index", 0))])
-  ref = ref_tokens(audio, p, rng.permutation(audio.shape[0] // p))
+  ref = ref_tokens(audio, p, rng.permutation(audio.shape[0] // p), ref_len(cfg))
   return {"video": c.encode_video(video), "audio": audio, "text": text, "text_mask": text_mask,
           "ref": ref, "mouth_open": mouth}
 

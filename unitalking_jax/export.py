@@ -2,7 +2,8 @@
 
 R is a diffusers-convention pipeline directory (layout: unitalking_jax/release.py): model_index.json,
 transformer/ (exactly the OUT below, plus transformer/audio_stream/: the audio twin as a WanTransformer3DModel),
-vae/ + audio_vae/ (the PCA codecs), vocoder/ (Griffin-Lim settings), tokenizer/ (the syllable list),
+vae/ + audio_vae/ (the PCA codecs, or the trained Wan / mel VAEs), vocoder/ (Griffin-Lim settings, or with
+data.vocoder_path BigVGAN in NVIDIA's layout: config.json + bigvgan_generator.pt), tokenizer/ (the syllable list),
 scheduler/ (the flow-matching sampler, steps and guidance scales). Generate with
 unitalking_jax.torch_pipeline.UniTalkingPipeline.from_pretrained(R) (PyTorch alone) or
 `python -m unitalking_jax.sample --release R --text ...` (JAX). --dtype bfloat16 stores the transformer in bf16

@@ -55,6 +55,8 @@ def codec_config(cfg) -> dict:
   for k in ("video_codec", "audio_codec"):
     out[k] = out[k] or "pca"
   out["clauses"] = list(out["clauses"]) if out["clauses"] is not None else None
+  if d.get("ref_len"):   # only when set: latents prepared before the key existed keep their hash
+    out["ref_len"] = int(d.ref_len)
   return out
 
 
@@ -141,12 +143,15 @@ def decode_record(data: bytes, text_len: int) -> dict:
   return rec
 
 
-def own_ref(audio: np.ndarray, seed: int, index: int, patch: int = MEL_PER_FRAME) -> np.ndarray:
+def own_ref(audio: np.ndarray, seed: int, index: int, patch: int = MEL_PER_FRAME, length: int = 0) -> np.ndarray:
   """data.prepare's reference: the clip's audio latents [Ta, Ca] in `patch`-frame chunks (ref_patch), permuted
-  by default_rng([seed, index]) -> [Ta / patch, patch Ca] f32."""
+  by default_rng([seed, index]) -> [Ta / patch, patch Ca] f32; length > 0 (data.ref_len): truncated /
+  zero-padded to [length, patch Ca] (release.fixed_length)."""
+  from unitalking_jax.release import fixed_length
   t = audio.shape[0] // patch
   rng = np.random.default_rng([seed, int(index)])
-  return audio.reshape(t, patch * audio.shape[-1])[rng.permutation(t)].astype(np.float32)
+  r = audio.reshape(t, patch * audio.shape[-1])[rng.permutation(t)].astype(np.float32)
+  return fixed_length(r, length) if length else r
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -298,6 +303,7 @@ class LatentSource(grain_sources.RandomAccessDataSource):
     self.text_len = int(cfg.data.text_len)
     self.seed = int(cfg.trainer.seed)
     self.patch = ref_patch(cfg)
+    self.ref_len = int(cfg.data.get("ref_len", 0) or 0)
     self.reseed = self.seed != int(self.index["codec"]["ref"]["seed"])
     self._src = grain_sources.ArrayRecordDataSource(files)
     if len(self._src) != int(self.index["records"]):
@@ -317,7 +323,7 @@ class LatentSource(grain_sources.RandomAccessDataSource):
   def __getitem__(self, i: int) -> dict:
     rec = self.record(i)
     if self.reseed:
-      rec["ref"] = own_ref(rec["audio"], self.seed, rec["index"], self.patch)
+      rec["ref"] = own_ref(rec["audio"], self.seed, rec["index"], self.patch, self.ref_len)
     rec.pop("name")
     rec.pop("index")
     return rec

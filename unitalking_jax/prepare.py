@@ -17,7 +17,8 @@ shared/data/pose.py, first frame; never downloaded), else a CENTRED crop; audio 
 (data.codecs: PCA codecs fitted on the config's SynthCue at tiny size, or the trained Wan / mel VAEs of
 data.video_codec_path / data.audio_codec_path with data.video_codec="wan_vae", data.audio_codec="mel_vae"; the
 index records which, with the sha256 of the codec files), text ids or UMT5 features, reference
-tokens (the clip's own audio latents permuted, keyed on trainer.seed and the clip's index).
+tokens (the clip's own audio latents permuted, keyed on trainer.seed and the clip's index; truncated /
+zero-padded to data.ref_len tokens when that is > 0).
 
 Clips are listed in a fixed order (sorted files; SynthCue index); shard K holds clips [K c, (K+1) c); process i
 of n writes shards i, i + n, ... (the union is what one process writes, byte for byte) and whichever finishes

@@ -24,7 +24,13 @@ Written by `python -m unitalking_jax.export --workdir W --out R [--dtype bfloat1
                                  latents_mean / latents_std, diffusion_pytorch_model.safetensors)
   R/audio_vae/                  codec.json + mel_vae.safetensors (shared.models.av_codec.save_mel_vae_audio_codec:
                                  MMAudio key names, mel config, latent statistics) + config.json naming them
-  R/vocoder/config.json         {"_class_name": "GriffinLim", ...} on the mel VAE's log10 mel
+  R/vocoder/config.json         {"_class_name": "GriffinLim", ...} on the mel VAE's log10 mel, or, when the config
+                                 has data.vocoder_path, BigVGAN in NVIDIA's release layout (model_index
+                                 ["bigvgan", "BigVGAN"]): config.json (NVIDIA's h keys + "mel_log", the log base
+                                 it takes) + bigvgan_generator.pt ({"generator": state_dict}), written by
+                                 shared.weights.bigvgan_family.save_bigvgan; PyTorch reads it with PyPI bigvgan's
+                                 BigVGAN, JAX with shared.models.bigvgan. Both feed it the VAE's log10 mel scaled
+                                 to its base (x ln 10 for NVIDIA's natural-log mel: features.vocoder_mel_scale)
   Media <-> latents then go through codecs.VAECodecs over the framework's networks, attached after loading
   (jax_codecs(rel) here; torch_pipeline.torch_codecs: diffusers AutoencoderKLWan + torch_mel_vae.MelVAE).
   R/tokenizer/tokenizer.json    data.text = "pinyin" (the tiny default): {"type": "pinyin_syllables", "vocab":
@@ -39,6 +45,11 @@ Written by `python -m unitalking_jax.export --workdir W --out R [--dtype bfloat1
                                  plus the sampling defaults under "_sampling" (a private key: diffusers'
                                  from_pretrained reads the file without a warning): "sampler",
                                  "num_inference_steps", "guidance_scale" (text), "ref_guidance_scale" (reference)
+
+Reference audio (tr2av): "_unitalking".ref_len = 0: the first T frames of the given voice encoded as the clip's
+audio latents, in ref_shape's r-latent tokens; N > 0 (data.ref_len, the paper's fixed 257): the voice at its own
+length (ref_audio_tokens: ceil(S / (r x samples per latent)) tokens, at most N), truncated / zero-padded to N
+tokens (fixed_length), identically in both frameworks.
 
 Generation (both frameworks, same numbers for the same initial noise): the batch is built by `inputs` (here,
 numpy): text ids [1, S] + mask, the given frame / video latents, reference-audio tokens; the task follows the
@@ -77,6 +88,32 @@ TASK_INPUT = {"tv2a": "video", "ti2av": "image", "tr2av": "ref_audio"}   # the o
 SCHEDULERS = {"euler": "FlowMatchEulerDiscreteScheduler", "unipc": "UniPCMultistepScheduler"}
 SAMPLING_KEY = "_sampling"   # in scheduler_config.json: private to diffusers (its from_config skips "_" keys)
 SAMPLING_KEYS = ("sampler", "num_inference_steps", "guidance_scale", "ref_guidance_scale")
+BIGVGAN_FILE = "bigvgan_generator.pt"   # vocoder/ in NVIDIA's layout (with config.json)
+
+
+# ------------------------------------------------------------------------------------------------ reference audio
+
+def fixed_length(tokens: np.ndarray, n: int) -> np.ndarray:
+  """Reference tokens [R, D] -> [n, D] float32: the first n rows, zero rows appended when R < n (the paper's fixed
+  reference length: longer truncated, shorter padded with zeros)."""
+  t = np.asarray(tokens, np.float32)[:n]
+  return np.concatenate([t, np.zeros((n - t.shape[0],) + t.shape[1:], np.float32)]) if t.shape[0] < n else t
+
+
+def ref_audio_tokens(audio, length: int, patch: int, samples_per_latent: int, encode) -> np.ndarray:
+  """A reference voice [S] float32 at its own length -> [length, patch C] tokens: k = min(length, ceil(S /
+  (patch samples_per_latent))) tokens' worth of audio (zero-padded to it) encoded as k patch latents by
+  encode(audio, latent_count) -> [k patch, C], in patch-latent tokens, then zero rows up to `length`."""
+  x = np.asarray(audio, np.float32).reshape(-1)
+  if not x.size:
+    raise DataError("reference audio holds no samples", key="ref_audio")
+  per = int(patch) * int(samples_per_latent)
+  k = min(int(length), -(-x.shape[0] // per))
+  x = np.pad(x[:k * per], (0, max(0, k * per - x.shape[0])))
+  lat = np.asarray(encode(x, k * patch), np.float32)
+  if lat.shape[0] != k * patch:
+    raise DataError(f"reference audio encoded to {lat.shape[0]} latents, expected {k * patch}", key="ref_audio")
+  return fixed_length(lat.reshape(k, patch * lat.shape[-1]), length)
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -122,8 +159,11 @@ def write_components(out: str, cfg, codecs, model_config) -> None:
   if d.text not in ("pinyin", "umt5"):
     raise ConfigError(f"config key data.text = {d.text!r}: expected 'pinyin' or 'umt5'")
   if getattr(codecs, "kind", "pca") == "vae":
-    write_vae_components(out, cfg, model_config)
+    write_vae_components(out, cfg, model_config, codecs)
     return
+  ref_len = int(d.get("ref_len", 0) or 0)
+  ref_meta = {"ref_len": ref_len, "ref_shape": [ref_len, MEL_PER_FRAME * int(model_config.audio_channels)]} \
+      if ref_len else {}
   side = int(d.get("face_crop", 0)) or int(d.frame_size)
   pv, pa, mel = codecs.pca_video, codecs.pca_audio, codecs.mel
   _write_json(os.path.join(out, "vae", "config.json"), {
@@ -150,14 +190,16 @@ def write_components(out: str, cfg, codecs, model_config) -> None:
                  "mel_per_frame": MEL_PER_FRAME, "text": str(d.text), "text_len": int(d.text_len),
                  "tasks": list(TASKS), "latent_side": side // int(codecs.pix.factor),
                  "video_channels": int(model_config.video.in_channels),
-                 "audio_channels": int(model_config.audio_channels)}})
+                 "audio_channels": int(model_config.audio_channels), **ref_meta}})
 
 
-def write_vae_components(out: str, cfg, model_config) -> None:
+def write_vae_components(out: str, cfg, model_config, codecs=None) -> None:
   """write_components for the trained VAE codecs: vae/ = the Wan VAE directory as trained (diffusers
   AutoencoderKLWan: config.json with latents_mean / latents_std + diffusion_pytorch_model.safetensors), audio_vae/
   = the mel VAE codec directory (codec.json: VAE + mel config + latent statistics; mel_vae.safetensors in
-  MMAudio's key names) + a config.json naming it, vocoder/ = Griffin-Lim settings on the VAE's mel."""
+  MMAudio's key names) + a config.json naming it, vocoder/ = Griffin-Lim settings on the VAE's mel, or the
+  BigVGAN of data.vocoder_path (checked against the codec's mel when codecs are loaded) in NVIDIA's layout.
+  codecs: the loaded VAECodecs (their vocoder is written); None: loaded here when data.vocoder_path is set."""
   from unitalking_jax import data as data_lib
   d = cfg.data
   vdir, adir = data_lib.vae_codec_dirs(cfg)
@@ -171,23 +213,32 @@ def write_vae_components(out: str, cfg, model_config) -> None:
       "_class_name": "MelVAE", "codec": "MMAudio-style mel VAE (shared.models.mmaudio_vae)",
       "codec_file": "codec.json", "weights": "mel_vae.safetensors", "latent_rate": 31.25,
       "latent_channels": int(d.audio_pca)})
-  _write_json(os.path.join(out, "vocoder", "config.json"), {
-      "_class_name": "GriffinLim", "vocoder": "griffin_lim", "n_iter": int(cfg.sampling.griffin_lim_iters),
-      "seed": 0, "mel": "audio_vae/codec.json"})
+  tp = "unitalking_jax.torch_pipeline"
+  vocoder = [tp, "GriffinLim"]
+  if data_lib.vocoder_path(cfg):
+    from shared.weights.bigvgan_family import save_bigvgan
+    voc = (codecs if codecs is not None else data_lib.codecs(cfg)).audio.vocoder
+    shutil.rmtree(os.path.join(out, "vocoder"), ignore_errors=True)
+    save_bigvgan(voc[1], voc[0].config, os.path.join(out, "vocoder"))
+    vocoder = ["bigvgan", "BigVGAN"]
+  else:
+    _write_json(os.path.join(out, "vocoder", "config.json"), {
+        "_class_name": "GriffinLim", "vocoder": "griffin_lim", "n_iter": int(cfg.sampling.griffin_lim_iters),
+        "seed": 0, "mel": "audio_vae/codec.json"})
   text = _write_text_path(out, d)
   _write_json(os.path.join(out, SCHEDULER_FILE), scheduler_config(cfg.sampling))
-  tp = "unitalking_jax.torch_pipeline"
   side = int(d.get("face_crop", 0)) or int(d.frame_size)
   _write_json(os.path.join(out, INDEX_FILE), {
       "_class_name": PIPELINE_CLASS, "_diffusers_version": "0.42.1",
       TRANSFORMER: [tp, "UniTalkingTransformer"], "vae": ["diffusers", "AutoencoderKLWan"],
-      "audio_vae": ["unitalking_jax.torch_mel_vae", "MelVAE"], "vocoder": [tp, "GriffinLim"], **text,
+      "audio_vae": ["unitalking_jax.torch_mel_vae", "MelVAE"], "vocoder": vocoder, **text,
       "scheduler": ["diffusers", SCHEDULERS[str(cfg.sampling.sampler)]],
       META_KEY: {"codec": "vae", "frames": int(d.frames), "frame_size": side, "fps": 25, "sample_rate": SAMPLE_RATE,
                  "text": str(d.text), "text_len": int(d.text_len), "tasks": list(TASKS),
                  "latent_side": lay["video"][1], "video_channels": int(model_config.video.in_channels),
                  "audio_channels": int(model_config.audio_channels), "video_shape": list(lay["video"]),
-                 "audio_shape": list(lay["audio"]), "ref_shape": list(lay["ref"])}})
+                 "audio_shape": list(lay["audio"]), "ref_shape": list(lay["ref"]),
+                 "ref_len": data_lib.ref_len(cfg)}})
 
 
 def _write_text_path(out: str, d) -> dict:
@@ -302,6 +353,8 @@ class Release:
     avae = _json(os.path.join(path, "audio_vae", "config.json"))
     voc = _json(os.path.join(path, "vocoder", "config.json"))
     vae_kind = index[META_KEY].get("codec", "pca") == "vae"
+    if index.get("vocoder", [None])[0] == "bigvgan":
+      need(os.path.join(path, "vocoder", BIGVGAN_FILE))
     if vae_kind:
       need(os.path.join(path, "vae", "diffusion_pytorch_model.safetensors"))
       need(os.path.join(path, "audio_vae", "codec.json"))
@@ -319,7 +372,8 @@ class Release:
     if vae_kind:
       return cls(path=path, index=index, meta=index[META_KEY], model=model[CONFIG_KEY], scheduler=sched,
                  vocab=list(tok["vocab"]), pad_id=int(tok["pad_id"]), unk_id=int(tok["unk_id"]), pix=None,
-                 mel=None, pca_video=None, pca_audio=None, griffin_lim_iters=int(voc["n_iter"]))
+                 mel=None, pca_video=None, pca_audio=None,
+                 griffin_lim_iters=int(voc.get("n_iter", 32)))
     return cls(path=path, index=index, meta=index[META_KEY], model=model[CONFIG_KEY], scheduler=sched,
                vocab=list(tok["vocab"]), pad_id=int(tok["pad_id"]), unk_id=int(tok["unk_id"]),
                pix=PixelCodec(int(vae["pixel_factor"])),
@@ -337,6 +391,18 @@ class Release:
   def codec_kind(self) -> str:
     return str(self.meta.get("codec", "pca"))
 
+  @property
+  def vocoder_kind(self) -> str:
+    """"bigvgan" (vocoder/ in NVIDIA's layout) or "griffin_lim"."""
+    return "bigvgan" if self.index.get("vocoder", [None])[0] == "bigvgan" else "griffin_lim"
+
+  def vocoder_path(self) -> str | None:
+    return os.path.join(self.path, "vocoder") if self.vocoder_kind == "bigvgan" else None
+
+  @property
+  def ref_len(self) -> int:
+    return int(self.meta.get("ref_len", 0) or 0)
+
   def latent_shapes(self) -> tuple[tuple, tuple]:
     """(video latents [1, t, h, w, Cv], audio latents [1, Ta, Ca]): PCA t = T, Ta = 4 T; the VAE releases
     record theirs (unitalking_jax.data.latent_layout)."""
@@ -351,6 +417,19 @@ class Release:
     if "ref_shape" in self.meta:
       return tuple(int(x) for x in self.meta["ref_shape"])
     return self.frames, MEL_PER_FRAME * int(self.meta["audio_channels"])
+
+  def reference_tokens(self, audio) -> np.ndarray:
+    """A reference voice [S] float32 16 kHz -> reference tokens ref_shape() (module docstring: ref_len 0 = the
+    first T frames as the clip's latents; N > 0 = ref_audio_tokens at its own length, N tokens)."""
+    if not self.ref_len:
+      return self.encode_audio(audio, self.frames * MEL_PER_FRAME).reshape(self.ref_shape())
+    width = self.ref_shape()[1]
+    if self.codec_kind == "vae":
+      a = self._vae().audio
+      return ref_audio_tokens(audio, self.ref_len, width // int(a.latent_channels), a.mel.hop * a.downsample,
+                              lambda x, k: a.encode_audio(x, k))
+    return ref_audio_tokens(audio, self.ref_len, width // self.pca_audio.width, self.mel.mel.hop,
+                            lambda x, k: self.pca_audio.encode(self.mel.encode(x, frames=k)))
 
   def attach(self, codecs) -> "Release":
     """VAE releases: the framework's codecs.VAECodecs (jax_codecs(rel) / torch_pipeline.torch_codecs(rel))."""
@@ -489,7 +568,8 @@ def inputs(rel: Release, text: str, image=None, ref_audio=None, video=None, task
            text_encoder=None) -> tuple[str, dict]:
   """-> (task, batch of numpy arrays with a leading 1): text [1, S] int32, text_mask [1, S] bool, video
   [1, T, h, w, Cv] (the given frame repeated / the given video's latents; zeros otherwise: shapes only),
-  audio [1, 4 T, Ca] zeros, ref [1, T, 4 Ca] (the reference voice's latents; zeros otherwise).
+  audio [1, 4 T, Ca] zeros, ref [1, R, ref_dim] = ref_shape() (the reference voice's tokens, Release.reference_tokens;
+  zeros otherwise).
   image [H, W, 3] uint8 | path; video [T', H, W, 3] uint8 | mp4 path; ref_audio [S] float32 16 kHz | wav path
   (images and frames are taken as face crops, resized to the release's frame size). UMT5 releases: text
   [1, S, text_dim] float32 from text_encoder(text) -> (features [S, text_dim], mask [S]) (the framework's)."""
@@ -523,7 +603,7 @@ def inputs(rel: Release, text: str, image=None, ref_audio=None, video=None, task
     wav = np.asarray(_read("ref_audio", ref_audio), np.float32).reshape(-1)
     if not wav.size:
       raise DataError("ref_audio (--ref_audio) holds no samples", key="ref_audio")
-    ref = rel.encode_audio(wav, t * MEL_PER_FRAME).reshape(rel.ref_shape())
+    ref = rel.reference_tokens(wav)
   batch = {"video": v, "audio": np.zeros(ashape[1:], np.float32), "text": ids, "text_mask": mask, "ref": ref}
   return task, {k: np.asarray(x)[None] for k, x in batch.items()}
 
@@ -598,12 +678,13 @@ def jax_text_encoder(rel: Release):
 
 def jax_codecs(rel: Release) -> Release:
   """VAE releases: attaches the JAX codecs (shared.models.av_codec on R/vae and R/audio_vae, whole-clip
-  encode / decode); PCA releases are returned as they are."""
+  encode / decode; R/vocoder's BigVGAN, when there, as shared.models.bigvgan); PCA releases are returned as they
+  are."""
   if rel.codec_kind == "vae" and rel.codecs is None:
     from shared.models import av_codec
     from unitalking_jax.codecs import VAECodecs
     video = av_codec.load_wan_video_codec(os.path.join(rel.path, "vae"), encode_chunk=None, decode_chunk=None)
-    audio = av_codec.load_mel_vae_audio_codec(os.path.join(rel.path, "audio_vae"),
+    audio = av_codec.load_mel_vae_audio_codec(os.path.join(rel.path, "audio_vae"), vocoder=rel.vocoder_path(),
                                               griffin_lim_iters=rel.griffin_lim_iters)
     rel.attach(VAECodecs(video, audio))
   return rel

@@ -8,7 +8,8 @@ jax.random.normal(key(--seed), [1, Nv + Na]), exactly what the PyTorch pipeline 
 (unitalking_jax.torch_pipeline). --text: toneless
 pinyin syllables ("ma ba luo") or Chinese characters (converted with pypinyin); with data.text = "umt5" any
 prompt (encoded by the config's frozen UMT5, data.text_tokenizer / data.text_encoder). --image: first frame (PNG/JPG,
-resized to the config's frame size; ti2av). --ref_audio: a wav whose voice to mimic (tr2av). --video: an mp4
+resized to the config's frame size; ti2av). --ref_audio: a wav whose voice to mimic (tr2av; with data.ref_len = N
+> 0 read at its own length, truncated / zero-padded to N reference tokens, as the release pipelines do). --video: an mp4
 whose frames are kept (tv2a). Writes OUT (mp4 with audio) and, beside it, OUT.wav, OUT_frames.png, OUT_mel.png.
 
 Each task's inputs are declared in REQUIRED_INPUTS and checked before the checkpoint is read: a missing one, one
@@ -107,9 +108,8 @@ def build_inputs(cfg, text: str, image=None, ref_audio=None, video=None) -> dict
     if frames.shape[0] < d.frames:
       frames = np.concatenate([frames, np.repeat(frames[-1:], d.frames - frames.shape[0], 0)])
     out["video"] = c.encode_video(frames)
-  if ref_audio is not None:
-    m = c.encode_audio(ref_audio, d.frames * data_lib.MEL_PER_FRAME)
-    out["ref"] = data_lib.ref_tokens(m, data_lib.ref_patch(cfg))
+  if ref_audio is not None:   # data.ref_len > 0: the voice at its own length, N tokens (data.reference_tokens)
+    out["ref"] = data_lib.reference_tokens(c, cfg, np.asarray(ref_audio, np.float32).reshape(-1))
   return {k: v[None] for k, v in out.items()}
 
 

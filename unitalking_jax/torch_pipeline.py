@@ -18,7 +18,9 @@ transformer/unitalking_rest.safetensors) in unitalking_jax.torch_model.UniTalkin
 (FlowMatchEulerDiscreteScheduler for sampler "euler", UniPCMultistepScheduler for "unipc"); the PCA codecs,
 Griffin-Lim vocoder and syllable tokenizer are numpy (release.Release); releases of the trained VAE codecs
 (model_index "_unitalking".codec = "vae") decode with `vae` = diffusers AutoencoderKLWan (TorchWanVideo) and
-`audio_vae` = unitalking_jax.torch_mel_vae.MelVAE (then Griffin-Lim): latents [1, t, h, w, Cv] / [1, Ta, Ca]
+`audio_vae` = unitalking_jax.torch_mel_vae.MelVAE (then Griffin-Lim, or `vocoder` = NVIDIA's BigVGAN from PyPI
+`bigvgan` (pip install --no-deps bigvgan==2.4.1) when vocoder/ holds bigvgan_generator.pt: TorchBigVGANAudio,
+fed the VAE's mel scaled to the vocoder's log base as shared.models.av_codec does): latents [1, t, h, w, Cv] / [1, Ta, Ca]
 with t = 1 + (T - 1) / 4, Ta = ceil(1.25 T). Sampling = unitalking_jax.task.
 make_generate: classifier-free guidance over [null text, text (, text + reference)] with the scheduler config's
 guidance_scale / ref_guidance_scale, given latent frames held at their value (σ = 0, timestep 0) throughout.
@@ -35,6 +37,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from shared.data import features
 from shared.errors import CheckpointError, ConfigError
 from shared.torch_compat import import_torchvision
 from unitalking_jax import release as rel_lib
@@ -110,14 +113,57 @@ class TorchWanVideo:
     return np.clip(np.round((y + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def load_bigvgan(path: str):
+  """R/vocoder in NVIDIA's layout -> their bigvgan.bigvgan.BigVGAN (torch Activation1d: use_cuda_kernel False),
+  eval mode. ConfigError when the package is missing."""
+  try:
+    from bigvgan.bigvgan import BigVGAN
+  except ImportError as e:
+    raise ConfigError(f"{path} holds a BigVGAN vocoder: the PyTorch pipeline runs it with NVIDIA's package: "
+                      f"pip install --no-deps bigvgan==2.4.1") from e
+  rel_lib.need(os.path.join(path, rel_lib.BIGVGAN_FILE))
+  # = BigVGAN.from_pretrained(path) on a local directory; called directly because from_pretrained of newer
+  # huggingface_hub no longer passes the proxies / resume_download keywords their _from_pretrained requires
+  model = BigVGAN._from_pretrained(model_id=path, revision=None, cache_dir=None, force_download=False, proxies=None,
+                                   resume_download=False, local_files_only=True, token=None, use_cuda_kernel=False)
+  return model.eval()
+
+
+class TorchBigVGANAudio:
+  """The mel VAE (torch_mel_vae.MelVAE: encode_audio, log_mel, mel, latent_rate, ...) with NVIDIA's BigVGAN as its
+  vocoder: mel_to_audio(log-mel [T, n_mels] in the VAE's base) -> audio [T hop] float32 = BigVGAN(mel x scale)."""
+
+  def __init__(self, vae, vocoder, mel_log: str):
+    self.vae, self.vocoder = vae, vocoder
+    self.scale = features.vocoder_mel_scale(mel_log, vae.mel.log)
+
+  def __getattr__(self, name):
+    return getattr(self.vae, name)
+
+  @torch.no_grad()
+  def mel_to_audio(self, mel, seed: int = 0) -> np.ndarray:
+    m = torch.from_numpy(np.ascontiguousarray(np.asarray(mel, np.float32).T[None])) * self.scale   # [1, n_mels, T]
+    return self.vocoder(m)[0, 0].numpy().astype(np.float32)
+
+
 def torch_codecs(rel: rel_lib.Release, torch_dtype=torch.float32) -> rel_lib.Release:
   """VAE releases: attaches the PyTorch codecs (R/vae: diffusers AutoencoderKLWan; R/audio_vae: the mel VAE of
-  unitalking_jax.torch_mel_vae, Griffin-Lim on its mel); PCA releases are returned as they are (numpy codecs)."""
+  unitalking_jax.torch_mel_vae, Griffin-Lim on its mel or R/vocoder's BigVGAN); PCA releases are returned as they
+  are (numpy codecs)."""
   if rel.codec_kind == "vae" and rel.codecs is None:
+    import json
     from unitalking_jax.codecs import VAECodecs
     from unitalking_jax.torch_mel_vae import MelVAE
-    rel.attach(VAECodecs(TorchWanVideo(os.path.join(rel.path, "vae"), torch_dtype),
-                         MelVAE.from_pretrained(os.path.join(rel.path, "audio_vae"), rel.griffin_lim_iters)))
+    adir = os.path.join(rel.path, "audio_vae")
+    audio = MelVAE.from_pretrained(adir, rel.griffin_lim_iters)
+    vdir = rel.vocoder_path()
+    if vdir is not None:
+      with open(rel_lib.need(os.path.join(vdir, "config.json")), encoding="utf-8") as f:
+        h = json.load(f)
+      features.check_vocoder_mel(h, audio.mel, vdir, adir)
+      # no "mel_log" in config.json: NVIDIA's natural-log mel (as shared.weights.bigvgan_family.ABSENT)
+      audio = TorchBigVGANAudio(audio, load_bigvgan(vdir), h.get("mel_log") or "ln")
+    rel.attach(VAECodecs(TorchWanVideo(os.path.join(rel.path, "vae"), torch_dtype), audio))
   return rel
 
 

@@ -50,6 +50,11 @@ def get_config(arg: str = ""):
       # data.video_pca / audio_pca are the latent channel counts either way (checked against the VAEs), and
       # data.pixel_factor the spatial stride; video_codec_chunk: Wan encode chunk in frames (0: whole clip)
       video_codec="pca", audio_codec="pca", video_codec_path="", audio_codec_path="", video_codec_chunk=0,
+      # audio_codec="mel_vae" only: "" = Griffin-Lim, or a BigVGAN directory in NVIDIA's layout (config.json +
+      # bigvgan_generator.pt; its mel settings must be the codec's) used for decoding and written into releases
+      vocoder_path="",
+      # reference audio tokens: 0 = a clip's own count (Ta / ref patch); N > 0 = truncated / zero-padded to N
+      ref_len=0,
       text="pinyin",  # "pinyin": pinyin syllable ids (model.text_vocab > 0); "umt5": UMT5 features [S, text_dim]
       video_whiten=True,  # per-component PCA scales (unit variance each; False: one global scale, which leaves
       # the mouth's motion ~3 % of the mouth tokens' variance, and T2AV mouths never learnt to move)

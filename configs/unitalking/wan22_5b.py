@@ -8,7 +8,10 @@ latents [31, 44, 80, 48] -> 31 * 22 * 40 = 27,280 video tokens; 5 s of audio -> 
 The code path (data.video_codec = "wan_vae", data.audio_codec = "mel_vae", data.text = "umt5"; the model of
 `get_config()` below): 121 frames at 25 fps (1 + 4 x 30), square 704 px frames (the data path crops squares:
 704x704 -> latents [31, 44, 44, 48], 31 x 22 x 22 = 15,004 video tokens), audio latents ceil(121 x 1.25) = 152
-of 20 channels, one per token at RoPE time i / 5 (audio_time_scale 0.2), reference tokens [152, 20].
+of 20 channels, one per token at RoPE time i / 5 (audio_time_scale 0.2), reference tokens [257, 20]: the paper's
+fixed reference length (data.ref_len = 257; a token is one mel-VAE audio latent, model.audio_patch = 1: 2 mel
+frames = 512 samples = 32 ms, so 257 tokens = 8.2 s of voice): in training a clip's own 152 latents (permuted)
+then 105 zero rows; at sampling a user's --ref_audio is read at its own length, truncated / zero-padded to 257.
 The paths a user sets (all local; nothing is downloaded):
   --config.data.video_codec_path=WAN/vae            the Wan2.2-TI2V-5B-Diffusers vae/ (AutoencoderKLWan)
   --config.data.audio_codec_path=MEL                a mel VAE codec directory (codec.json + mel_vae.safetensors:
@@ -16,6 +19,15 @@ The paths a user sets (all local; nothing is downloaded):
                                                     v1-16.pth with latent statistics fitted on the data, or
                                                     `python -m unitalking_jax.train_codec` DIR/codec)
   --config.data.text_encoder=WAN/text_encoder --config.data.text_tokenizer=WAN/tokenizer   (UMT5-XXL)
+  --config.data.vocoder_path=VOC                    (optional; else Griffin-Lim) a BigVGAN directory in NVIDIA's
+                                                    layout (config.json + bigvgan_generator.pt), used to decode
+                                                    and written into the release's vocoder/: MMAudio's 16 kHz
+                                                    BigVGAN (ext_weights/best_netG.pt, 80 mels, hop 256)
+                                                    converted with shared.weights.bigvgan_family (import_bigvgan
+                                                    + save_bigvgan with shared.models.bigvgan.BIGVGAN_16K_80BAND_256X,
+                                                    whose mel_log "log10" is MMAudio's mel); its config.json's
+                                                    num_mels / sampling_rate / hop_size / n_fft / fmin / fmax
+                                                    must be the mel VAE's (ConfigError otherwise)
   --config.init.video.path=WAN/transformer          (optional: the Wan2.2 DiT into the video stream)
 then `python -m unitalking_jax.prepare --config configs/unitalking/wan22_5b.py ... --layout lrs3 --root LRS3
 --out LATENTS` and `python -m unitalking_jax.train ... --config.data.latents=LATENTS`.
@@ -24,7 +36,8 @@ then `python -m unitalking_jax.prepare --config configs/unitalking/wan22_5b.py .
 tests/unitalking/test_smoke.py): dim 32 (2 heads x 16), 2 layers, ffn 64, freq_dim 16, text_dim 32 (a tiny
 random UMT5 in transformers layout), text length 16, 9 frames of 32 px, a tiny random Wan2.2-structured VAE
 (residual, 2x2 patchify, stride 4x16x16, z 48) and a tiny MMAudio-structured mel VAE (80 mels -> 20 channels at
-31.25 Hz), batch 2, float32, no remat, Euler 2 steps; the paths again from the command line (or the test).
+31.25 Hz), batch 2, float32, no remat, Euler 2 steps, 16 reference tokens (12 latents + 4 zero rows); the
+paths again from the command line (or the test, which also gives a tiny random BigVGAN as data.vocoder_path).
 
 Parameters: 10.566 B (measured on the abstract TrainState; per block ~ 2 x (4 D^2 attn1 + 4 D^2 attn2 + 2 D ffn)
 + 2 ref K/V D^2 ~ 0.42B, x 30 layers, + embedders): float32 params 42.3 GB, Adam moments 84.5 GB; gradients are
@@ -82,13 +95,15 @@ SIZES = {
     "": dict(video=dict(num_attention_heads=24, attention_head_dim=128, num_layers=30, ffn_dim=14336, freq_dim=256,
                         text_dim=4096),
              audio_ffn_dim=14336,
-             data=dict(frames=121, side=704, text_len=512, text_encoder_dtype="bfloat16", video_codec_chunk=4),
+             data=dict(frames=121, side=704, text_len=512, text_encoder_dtype="bfloat16", video_codec_chunk=4,
+                       ref_len=257),
              trainer=dict(compute_dtype="bfloat16", remat="full", batch_size=64, total_steps=100_000),
              sampling=dict(steps=50)),
     "smoke": dict(video=dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, ffn_dim=64, freq_dim=16,
                              text_dim=32),
                   audio_ffn_dim=64,
-                  data=dict(frames=9, side=32, text_len=16, text_encoder_dtype="float32", video_codec_chunk=0),
+                  data=dict(frames=9, side=32, text_len=16, text_encoder_dtype="float32", video_codec_chunk=0,
+                            ref_len=16),
                   trainer=dict(compute_dtype="float32", remat="none", batch_size=2, total_steps=2),
                   sampling=dict(steps=2)),
 }
@@ -111,7 +126,9 @@ def get_config(arg: str = ""):
   c.data.update(dict(text="umt5", text_len=z["data"]["text_len"], text_tokenizer="", text_encoder="",
                      latents="",   # prepared latents dir (python -m unitalking_jax.prepare): no codec in the loop
                      text_encoder_dtype=z["data"]["text_encoder_dtype"],
-                     video_codec_chunk=z["data"]["video_codec_chunk"]))
+                     video_codec_chunk=z["data"]["video_codec_chunk"],
+                     ref_len=z["data"]["ref_len"],   # the paper's fixed reference length (docstring)
+                     vocoder_path=""))   # a BigVGAN dir in NVIDIA's layout (docstring); "" = Griffin-Lim
   t = z["trainer"]
   c.trainer.precision.compute_dtype = t["compute_dtype"]
   c.trainer.remat = t["remat"]

@@ -207,3 +207,31 @@ def mel_to_audio(log_mel_spec: np.ndarray, cfg: MelConfig = AUDIOLDM, n_iter: in
   mag = librosa.util.nnls(fb, mel.T)  # [F, T]
   mag = mag ** (1.0 / cfg.power)
   return griffin_lim(mag.T, dataclasses.replace(cfg, pad="center"), n_iter=n_iter, seed=seed)
+
+
+# ------------------------------------------------------------------------------------- mel meets a vocoder
+
+def vocoder_mel_scale(vocoder_log: str | None, mel_log: str) -> float:
+  """Factor taking a log-mel of base `mel_log` ("log10" | "ln") to the base the vocoder takes (its config's
+  mel_log; None: unstated, fed as is): ln 10 for log10 -> ln, 1 / ln 10 for ln -> log10, else 1. One rule for the
+  JAX codec (shared.models.av_codec) and the JAX-free PyTorch pipelines."""
+  import math
+  if vocoder_log is None or vocoder_log == mel_log:
+    return 1.0
+  return math.log(10.0) if (mel_log, vocoder_log) == ("log10", "ln") else 1.0 / math.log(10.0)
+
+
+def check_vocoder_mel(h, mel: MelConfig, vocoder: str, codec: str) -> None:
+  """ConfigError naming both when a vocoder's config (a mapping in NVIDIA BigVGAN's keys: num_mels,
+  sampling_rate, hop_size and, when stated, n_fft, win_size, fmin, fmax (None = Nyquist)) was trained on another
+  mel than the codec's."""
+  get = h.get
+  fmax = get("fmax") if get("fmax") is not None else (get("sampling_rate") or 0) / 2
+  pairs = [("num_mels", get("num_mels"), "n_mels", mel.n_mels), ("sampling_rate", get("sampling_rate"),
+           "sample_rate", mel.sample_rate), ("hop_size", get("hop_size"), "hop", mel.hop),
+           ("n_fft", get("n_fft"), "n_fft", mel.n_fft), ("win_size", get("win_size"), "win", mel.win),
+           ("fmin", get("fmin"), "fmin", mel.fmin), ("fmax", fmax, "fmax", mel.fmax)]
+  bad = [f"{a} {x} vs {b} {y}" for a, x, b, y in pairs if x is not None and float(x) != float(y)]
+  if bad:
+    raise ConfigError(f"vocoder {vocoder} (config.json) was trained on another mel than the audio codec {codec}'s "
+                      f"mel config: {'; '.join(bad)} (vocoder vs codec)")

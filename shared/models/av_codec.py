@@ -293,10 +293,18 @@ class MelVAEAudioCodec:
 
   @functools.cached_property
   def _vocode(self):
+    """The one place the codec's log-mel meets the vocoder: scaled to the vocoder's log base (features.vocoder_mel_scale:
+    x ln 10 for MMAudio's log10 mel into NVIDIA's natural-log BigVGAN); the PyTorch release pipeline applies
+    the same rule (unitalking_jax.torch_pipeline)."""
     module = self.vocoder[0]
-    if module.config.num_mels != self.mel.n_mels:
-      raise ConfigError(f"vocoder takes {module.config.num_mels} mels; the codec's mel has {self.mel.n_mels}")
-    return jax.jit(lambda p, m: module.apply({"params": p}, m))
+    c = module.config
+    if c.num_mels != self.mel.n_mels:
+      raise ConfigError(f"vocoder takes {c.num_mels} mels; the codec's mel has {self.mel.n_mels}")
+    if c.upsample_factor != self.mel.hop:
+      raise ConfigError(f"vocoder upsamples x{c.upsample_factor} (upsample_rates {list(c.upsample_rates)}); the "
+                        f"codec's mel hop is {self.mel.hop}")
+    scale = features.vocoder_mel_scale(getattr(c, "mel_log", None), self.mel.log)
+    return jax.jit(lambda p, m: module.apply({"params": p}, m * scale))
 
   def encode_mel(self, audio, latent_frames: int | None = None) -> np.ndarray:
     """audio [B, S] -> log-mel [B, T, n_mels]; T = 2 latent_frames (audio zero-padded) or the largest even count."""
@@ -374,7 +382,9 @@ def _vae_config(d: dict) -> mmaudio_vae.MMAudioVAEConfig:
 def load_mel_vae_audio_codec(path: str, *, mode: str = "16k", vocoder: str | None = None,
                              stats: LatentStats | None = None, **kw) -> MelVAEAudioCodec:
   """A codec directory (or a train_codec workdir holding codec/), or an MMAudio weights file with `mode`.
-  vocoder: a BigVGAN directory / weights file (shared.weights.bigvgan_family.load_bigvgan) or None."""
+  vocoder: a BigVGAN directory / weights file (shared.weights.bigvgan_family.load_bigvgan) or None; its mel
+  settings must be the codec's (features.check_vocoder_mel) and its log base is met by
+  features.vocoder_mel_scale."""
   from shared.weights.mmaudio_vae_family import load_mmaudio_vae
   voc = None
   if vocoder is not None:
@@ -402,6 +412,8 @@ def load_mel_vae_audio_codec(path: str, *, mode: str = "16k", vocoder: str | Non
       raise ConfigError(f"mode {mode!r}: expected one of {sorted(presets)}")
     vae, params = load_mmaudio_vae(path, presets[mode][0]())
     mel = presets[mode][1]
+  if voc is not None:
+    features.check_vocoder_mel(dataclasses.asdict(voc[0].config), mel, vocoder, path)
   return MelVAEAudioCodec(vae, params, mel, stats=stats, vocoder=voc, **kw)
 
 

@@ -11,6 +11,11 @@ Kaiser-windowed sinc low-pass (12 taps, cutoff 0.25, half-width 0.3, replicate p
 activation x + sin^2(alpha x) / beta (alpha, beta stored as logs when snake_logscale), then the same
 low-pass with stride 2.
 
+Mel metadata (not used by the network; what the vocoder was trained on, checked by the codecs that feed it):
+n_fft, win_size, fmin, fmax (None: unknown / fmax None = Nyquist, as NVIDIA's configs) and mel_log, the base of
+the log-mel it takes: "ln" (NVIDIA's meldataset: ln(clamp(mel, 1e-5))), "log10" (MMAudio's 16 kHz vocoder,
+fed MMAudio's log10 mel), None = unstated (a module built in code: takes whatever mel it is given).
+
 Weight norm is kept as a reparametrisation (as in training): every conv holds `weight_v` [k, in, out]
 and `weight_g` ([out] for convs, [in] for the transposed convs, which PyTorch normalises along dim 0 of
 its [in, out, k] weight) and uses g * v / ||v||. Checkpoint names: shared/weights/bigvgan_family.py.
@@ -46,8 +51,16 @@ class BigVGANConfig:
   use_bias_at_final: bool = False
   sampling_rate: int = 44100
   hop_size: int = 512
+  n_fft: int | None = None
+  win_size: int | None = None
+  fmin: float | None = None
+  fmax: float | None = None
+  mel_log: str | None = None
 
   def __post_init__(self):
+    if self.mel_log not in (None, "ln", "log10"):
+      raise ConfigError(f"BigVGAN mel_log must be 'ln' (NVIDIA's mel), 'log10' (MMAudio's 16k mel) or None, "
+                        f"got {self.mel_log!r}")
     if self.resblock not in ("1", "2"):
       raise ConfigError(f"BigVGAN resblock must be '1' or '2', got {self.resblock!r}")
     if self.activation not in ("snake", "snakebeta"):
@@ -64,13 +77,13 @@ class BigVGANConfig:
 
 
 # NVIDIA's bigvgan_v2_44khz_128band_512x (configs/bigvgan_v2_44khz_128band_512x.json).
-BIGVGAN_V2_44K_128BAND_512X = BigVGANConfig()
+BIGVGAN_V2_44K_128BAND_512X = BigVGANConfig(n_fft=2048, win_size=2048, fmin=0.0, fmax=None, mel_log="ln")
 # MMAudio's 16 kHz vocoder (mmaudio/ext/bigvgan/bigvgan_vocoder.yml, checkpoint best_netG.pt): 80 mels,
 # hop 256, the v1 code path (tanh output, conv_post with bias, parametrizations weight norm).
 BIGVGAN_16K_80BAND_256X = BigVGANConfig(
     num_mels=80, upsample_rates=(4, 4, 2, 2, 2, 2), upsample_kernel_sizes=(8, 8, 4, 4, 4, 4),
     upsample_initial_channel=1536, use_tanh_at_final=True, use_bias_at_final=True,
-    sampling_rate=16000, hop_size=256)
+    sampling_rate=16000, hop_size=256, n_fft=1024, win_size=1024, fmin=0.0, fmax=8000.0, mel_log="log10")
 
 
 def kaiser_sinc_filter(cutoff: float, half_width: float, kernel_size: int) -> np.ndarray:

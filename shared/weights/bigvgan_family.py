@@ -14,7 +14,13 @@ against our fixed Kaiser-sinc taps, export writes them.
 
 Entry points: `import_bigvgan(state_dict, config)`, `export_bigvgan(params, config)`,
 `read_state_dict(path)` (.safetensors or a torch file via torch.load(weights_only=True)), `load_bigvgan(path)`
-(a directory with config.json + bigvgan_generator.pt/.safetensors, or a weights file plus a config).
+(a directory with config.json + bigvgan_generator.pt/.safetensors, or a weights file plus a config),
+`save_bigvgan(params, config, dir)` (NVIDIA's release layout: config.json + bigvgan_generator.pt =
+{"generator": state_dict}, what `bigvgan.bigvgan.BigVGAN.from_pretrained(dir)` of PyPI `bigvgan` reads).
+config.json keys are NVIDIA's `h` (their training keys are ignored on reading); keys absent from it take
+NVIDIA's code defaults: use_tanh_at_final and use_bias_at_final True (the v1 configs lack both), and our own
+extra key "mel_log" (the log base of the mel the vocoder takes; NVIDIA's code ignores it) "ln", the natural log
+of NVIDIA's meldataset - set "mel_log": "log10" in the config.json of MMAudio's 16 kHz vocoder.
 BigVGAN's config.json has no model_type, so this family is not in the shared.weights registry.
 """
 from __future__ import annotations
@@ -39,11 +45,15 @@ CONV = table.transpose((2, 1, 0), "conv1d")             # [out, in, k] -> [k, in
 CONV_T = table.transpose((2, 0, 1), "conv_transpose1d")  # [in, out, k] -> [k, in, out]
 _FIELDS = tuple(BigVGANConfig.__dataclass_fields__)
 _TUPLES = ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes")
+_INTS, _FLOATS = ("num_mels", "upsample_initial_channel", "sampling_rate", "hop_size", "n_fft", "win_size"), ("fmin", "fmax")
+# NVIDIA's defaults for keys a config.json may lack (bigvgan.py: h.get(key, True)); mel_log: their meldataset's ln
+ABSENT = {"use_tanh_at_final": True, "use_bias_at_final": True, "mel_log": "ln"}
+GENERATOR_FILE, CONFIG_JSON = "bigvgan_generator.pt", "config.json"
 
 
 def config_from_dict(h: dict[str, Any]) -> BigVGANConfig:
   """NVIDIA's config.json (hyper-parameters incl. training ones, which are ignored) -> BigVGANConfig."""
-  kw: dict[str, Any] = {}
+  kw: dict[str, Any] = dict(ABSENT)
   for k in _FIELDS:
     if k in h and h[k] is not None:
       v = h[k]
@@ -53,6 +63,10 @@ def config_from_dict(h: dict[str, Any]) -> BigVGANConfig:
         v = tuple(tuple(int(x) for x in d) for d in v)
       elif k == "resblock":
         v = str(v)
+      elif k in _INTS:
+        v = int(v)
+      elif k in _FLOATS:
+        v = float(v)
       kw[k] = v
   missing = [k for k in ("num_mels", "upsample_rates", "upsample_kernel_sizes", "upsample_initial_channel")
              if k not in kw]
@@ -62,6 +76,7 @@ def config_from_dict(h: dict[str, Any]) -> BigVGANConfig:
 
 
 def config_to_dict(cfg: BigVGANConfig) -> dict[str, Any]:
+  """BigVGANConfig -> NVIDIA's `h` keys (+ n_fft / win_size / fmin / fmax / mel_log; None written as null)."""
   out = {}
   for k in _FIELDS:
     v = getattr(cfg, k)
@@ -194,3 +209,26 @@ def load_bigvgan(path: str, config: BigVGANConfig | None = None, *, dtype=jnp.fl
   if config is None:
     raise ConfigError(f"loading {path}: a weights file needs a BigVGANConfig")
   return BigVGAN(config, dtype=compute_dtype), import_bigvgan(read_state_dict(weights), config, dtype=dtype)
+
+
+def save_bigvgan(params: dict, config: BigVGANConfig, path: str, *, extra: dict | None = None) -> None:
+  """Our params -> NVIDIA's release layout in directory `path`: config.json (config_to_dict + use_cuda_kernel
+  false + extra) and bigvgan_generator.pt = {"generator": state_dict} (torch.nn.utils.weight_norm's weight_g /
+  weight_v, filter buffers included), as bigvgan.BigVGAN.save_pretrained writes it. config.mel_log must be
+  stated ("ln" or "log10"): a reader of the directory needs it to feed the right mel. Needs torch."""
+  import json
+  if config.mel_log is None:
+    raise ConfigError("save_bigvgan: config.mel_log is None: state the log base of the mel this vocoder takes "
+                      "('ln': NVIDIA's mel, 'log10': MMAudio's 16k mel)")
+  try:
+    import torch  # noqa: PLC0415 (optional dependency: the .pt file)
+  except ImportError as e:
+    raise CheckpointError(f"writing {path}/{GENERATOR_FILE} needs torch (pip install torch)") from e
+  sd = export_bigvgan(jax.device_get(params), config)
+  os.makedirs(path, exist_ok=True)
+  torch.save({"generator": {k: torch.from_numpy(np.array(v, np.float32, order="C")) for k, v in sd.items()}},
+             os.path.join(path, GENERATOR_FILE))
+  h = {**config_to_dict(config), "use_cuda_kernel": False, **(extra or {})}
+  with open(os.path.join(path, CONFIG_JSON), "w") as f:
+    json.dump(h, f, indent=2)
+    f.write("\n")

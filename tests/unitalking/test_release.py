@@ -93,6 +93,34 @@ def test_layout_matches_the_training_codecs_and_diffusers_scheduler(rel_dir):
   UniTalkingTorch.from_export(str(r / "transformer"))   # the pre-release export layout still loads as it did
 
 
+def test_fixed_reference_length_pca_release(rel_dir, tmp_path):
+  """data.ref_len = N on the PCA codecs: the release records it ("ref_len", "ref_shape" [N, 4 Ca]) and a user's
+  voice is read at its own length: a long one gives N tokens (its first N x 640 samples), a short one ceil(S / 640)
+  tokens then zero rows (release.inputs, what both pipelines call); ref_len 0 keeps the clip's T frames."""
+  import ml_collections
+  from types import SimpleNamespace
+  from unitalking_jax import data as data_lib
+  from unitalking_jax import release
+  r = tmp_path / "R"
+  shutil.copytree(rel_dir / "R", r)
+  cfg = ml_collections.ConfigDict(json.loads((r / "transformer" / "unitalking_config.json").read_text()))
+  assert release.Release.load(str(r)).ref_len == 0
+  cfg.data.ref_len = 6
+  model_config = SimpleNamespace(video=SimpleNamespace(in_channels=24), audio_channels=16)
+  release.write_components(str(r), cfg, data_lib.codecs(cfg), model_config)
+  rel = release.Release.load(str(r))
+  assert rel.ref_len == 6 and rel.ref_shape() == (6, 64)
+  rng = np.random.default_rng(0)
+  long, short = rng.normal(0, 0.2, 6 * 640 + 999).astype(np.float32), rng.normal(0, 0.2, 1000).astype(np.float32)
+  pca = lambda x, n: rel.pca_audio.encode(rel.mel.encode(x, frames=n))  # noqa: E731
+  np.testing.assert_allclose(rel.reference_tokens(long), pca(long[:6 * 640], 24).reshape(6, 64), rtol=1e-6)
+  _, b = release.inputs(rel, TEXT, ref_audio=short)
+  ref = b["ref"][0]
+  assert ref.shape == (6, 64) and np.all(ref[2:] == 0)
+  np.testing.assert_allclose(ref[:2], pca(np.pad(short, (0, 280)), 8).reshape(2, 64), rtol=1e-6)
+  np.testing.assert_allclose(ref, data_lib.reference_tokens(data_lib.codecs(cfg), cfg, short), rtol=1e-6)
+
+
 def test_torch_alone_equals_jax_and_the_sample_cli(rel_dir):
   from shared.data.media import read_mp4
   from unitalking_jax import release

@@ -3,8 +3,11 @@ features, Wan2.2-structured video VAE latents and MMAudio-structured mel VAE lat
 written here in their released layouts: transformers UMT5, diffusers AutoencoderKLWan, codec.json +
 mel_vae.safetensors), prepare -> train 2 steps from the latents -> sample (decode) -> export -> generate in
 PyTorch alone (no JAX import): the same latents as JAX for the same noise (fp32, relative 1e-4) and the same media
-within codec tolerance. Also: the PyTorch mel VAE (unitalking_jax/torch_mel_vae.py) against ours, both ways of
-the codec switch's checks, and tiny.py:vae_codecs' layout."""
+within codec tolerance. The vocoder is a tiny random BigVGAN in NVIDIA's layout (data.vocoder_path; PyPI bigvgan
+in PyTorch, shared.models.bigvgan in JAX: the same audio from the same latents) and the reference is fixed to
+data.ref_len = 16 tokens (a tr2av generation from a short reference in both frameworks). Also: the PyTorch mel VAE
+(unitalking_jax/torch_mel_vae.py) against ours, both ways of the codec switch's checks, the fixed reference
+length rule, and tiny.py:vae_codecs' layout."""
 from __future__ import annotations
 
 import json
@@ -67,6 +70,33 @@ def write_codecs(root) -> tuple[str, str]:
   return os.path.dirname(vdir), os.path.dirname(adir)    # workdir-style paths (the loaders find the subdirs)
 
 
+VOCODER = dict(num_mels=80, upsample_rates=(8, 8, 4), upsample_kernel_sizes=(16, 16, 8), upsample_initial_channel=16,
+               resblock="1", resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1, 3),), activation="snakebeta",
+               snake_logscale=True, use_tanh_at_final=True, use_bias_at_final=True, sampling_rate=16000,
+               hop_size=256, n_fft=1024, win_size=1024, fmin=0.0, fmax=8000.0, mel_log="ln")
+
+
+def write_vocoder(root) -> str:
+  """A tiny random BigVGAN (80 mels, x256 = the mel VAE's hop, natural-log mel as NVIDIA's: the codec's log10 mel
+  is scaled by ln 10 on the way in) in NVIDIA's layout (config.json + bigvgan_generator.pt)."""
+  from shared.models import bigvgan
+  from shared.weights.bigvgan_family import save_bigvgan
+  cfg = bigvgan.BigVGANConfig(**VOCODER)
+  params = bigvgan.init_params(bigvgan.BigVGAN(cfg), jax.random.key(7))
+  rng = np.random.default_rng(7)
+
+  def leaf(path, x):   # weight norm gains ~ 1 / sqrt(fan-in) of the kernel; snake parameters off their init
+    name, x = str(path[-1]), np.asarray(x)
+    if "weight_g" in name:
+      return (rng.uniform(0.5, 1.5, x.shape) * (0.03 if "conv_post" in str(path[0]) else 1.0)).astype(np.float32)
+    if "alpha" in name or "beta" in name:
+      return rng.normal(0, 0.3, x.shape).astype(np.float32)
+    return x
+  path = os.path.join(root, "bigvgan")
+  save_bigvgan(jax.tree_util.tree_map_with_path(leaf, params), cfg, path)
+  return path
+
+
 def write_umt5(root, chars) -> tuple[str, str]:
   """A character-level tokenizer.json and a tiny random transformers UMT5EncoderModel (d_model 32)."""
   import torch
@@ -92,7 +122,8 @@ def smoke(tmp_path_factory):
   c = wan22_5b.get_config("smoke")
   vpath, apath = write_codecs(root)
   tok, enc = write_umt5(root, list(data_lib.source(c, "train").world.chars) + list("abcdefghijklmnopqrstuvwxyz "))
-  c.data.update(dict(video_codec_path=vpath, audio_codec_path=apath, text_tokenizer=tok, text_encoder=enc))
+  c.data.update(dict(video_codec_path=vpath, audio_codec_path=apath, text_tokenizer=tok, text_encoder=enc,
+                     vocoder_path=write_vocoder(root)))
   return root, c
 
 
@@ -126,7 +157,7 @@ def test_smoke_prepare_train_sample_export_generate_in_torch(smoke):
   assert set(ident["video"]["files"]) == {"config.json", "diffusion_pytorch_model.safetensors"}
   assert set(ident["audio"]["files"]) == {"codec.json", "mel_vae.safetensors"}
   assert idx["shapes"]["video"]["shape"] == [3, 2, 2, 48] and idx["shapes"]["audio"]["shape"] == [12, 20]
-  assert idx["shapes"]["text"]["shape"] == [16, D] and idx["shapes"]["ref"]["shape"] == [12, 20]
+  assert idx["shapes"]["text"]["shape"] == [16, D] and idx["shapes"]["ref"]["shape"] == [16, 20]   # data.ref_len
   c.data.latents = out
   src, lsrc = data_lib.source(c, "train"), lat.LatentSource(out, c)
   for i in (0, 3):
@@ -148,7 +179,7 @@ def test_smoke_prepare_train_sample_export_generate_in_torch(smoke):
   r = restore(work, model_fn=model_from_config)
   cfg = r.config
   inputs = build_inputs(cfg, "ni hao")
-  assert inputs["video"].shape == (1, 3, 2, 2, 48) and inputs["ref"].shape == (1, 12, 20)
+  assert inputs["video"].shape == (1, 3, 2, 2, 48) and inputs["ref"].shape == (1, 16, 20)
   v, a = make_task(cfg, r.model).generate(r.params, inputs, "t2av", seed=0)
   paths = write_samples(os.path.join(root, "samples"), cfg, np.asarray(v), np.asarray(a), ["t2av_0"])
   assert os.path.getsize(paths[0]) > 0
@@ -163,15 +194,23 @@ def test_smoke_prepare_train_sample_export_generate_in_torch(smoke):
   index = json.load(open(os.path.join(rdir, "model_index.json")))
   assert index["vae"] == ["diffusers", "AutoencoderKLWan"] and index["_unitalking"]["codec"] == "vae"
   assert index["text_encoder"] == ["transformers", "UMT5EncoderModel"]
+  assert index["vocoder"] == ["bigvgan", "BigVGAN"] and index["_unitalking"]["ref_len"] == 16
+  assert sorted(os.listdir(os.path.join(rdir, "vocoder"))) == ["bigvgan_generator.pt", "config.json"]
   rel = release.jax_codecs(release.Release.load(rdir))
+  assert rel.codecs.audio.vocoder is not None
+  ref_wav = np.random.default_rng(2).normal(0, 0.2, 3000).astype(np.float32)   # 6 tokens of 512 samples, 10 zero rows
+  np.save(os.path.join(root, "ref.npy"), ref_wav)
   face = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
   np.save(os.path.join(root, "noise.npy"), release.jax_noise(rel, 0))
   np.save(os.path.join(root, "face.npy"), face)
   enc = release.jax_text_encoder(rel)
   results = {}
-  for task_name, kw in (("t2av", {}), ("ti2av", {"image": face})):
+  for task_name, kw in (("t2av", {}), ("ti2av", {"image": face}), ("tr2av", {"ref_audio": ref_wav})):
     t_, b = release.inputs(rel, "ni hao", text_encoder=enc, **kw)
     results[task_name] = (b, *release.jax_generate(rel, b, t_, seed=0))
+  assert results["tr2av"][0]["ref"].shape == (1, 16, 20)
+  assert np.all(results["tr2av"][0]["ref"][0, 6:] == 0) and np.all(np.abs(results["tr2av"][0]["ref"][0, :6]).max(1) > 0)
+  np.save(os.path.join(root, "jax_audio_latents.npy"), results["t2av"][2][0])
   script = f"""
 import json, sys
 import numpy as np
@@ -181,15 +220,22 @@ noise = np.load({os.path.join(root, "noise.npy")!r})
 o = pipe("ni hao", noise=noise)
 o.save({os.path.join(root, "torch.mp4")!r})
 i = pipe("ni hao", image=np.load({os.path.join(root, "face.npy")!r}), noise=noise, griffin_lim=False)
+r = pipe("ni hao", ref_audio=np.load({os.path.join(root, "ref.npy")!r}), noise=noise, griffin_lim=False)
+from unitalking_jax import release
+_, rb = release.inputs(pipe.release, "ni hao", ref_audio=np.load({os.path.join(root, "ref.npy")!r}),
+                       text_encoder=pipe.text_encoder)
 c = pipe.release.codecs
+assert type(c.audio).__name__ == "TorchBigVGANAudio" and type(c.audio.vocoder).__module__ == "bigvgan.bigvgan"
 np.savez({os.path.join(root, "torch.npz")!r}, v=o.video_latents, a=o.audio_latents, frames=o.frames, audio=o.audio,
-         iv=i.video_latents, ia=i.audio_latents, mel=c.vae_mel(o.audio_latents[0]))
+         iv=i.video_latents, ia=i.audio_latents, rv=r.video_latents, ra=r.audio_latents, ref=rb["ref"],
+         mel=c.vae_mel(o.audio_latents[0]),
+         jax_lat_audio=c.decode_audio(np.load({os.path.join(root, "jax_audio_latents.npy")!r})))
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib", "flax"))))
 """
   p = _run_torch(script)
   assert json.loads(p.stdout.strip().splitlines()[-1]) == []     # PyTorch alone
   got = np.load(os.path.join(root, "torch.npz"))
-  for name, (vk, ak) in (("t2av", ("v", "a")), ("ti2av", ("iv", "ia"))):
+  for name, (vk, ak) in (("t2av", ("v", "a")), ("ti2av", ("iv", "ia")), ("tr2av", ("rv", "ra"))):
     b, jv, ja = results[name]
     for ours, theirs in ((jv, got[vk]), (ja, got[ak])):
       rel_err = np.abs(ours - theirs).max() / np.abs(ours).max()
@@ -202,6 +248,17 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("jax", "ja
   assert np.abs(frames.astype(int) - got["frames"].astype(int)).max() <= 2
   mel = rel.codecs.vae_mel(results["t2av"][2][0])
   np.testing.assert_allclose(got["mel"], mel, rtol=1e-3, atol=1e-3)
+  # the reference tokens: the same rule in both frameworks (their mel VAEs agree to ~1e-5), zero rows after 6
+  ref_t, ref_j = got["ref"][0], results["tr2av"][0]["ref"][0]
+  assert np.all(ref_t[6:] == 0) and np.abs(ref_t - ref_j).max() / np.abs(ref_j).max() < 1e-4
+  # BigVGAN: NVIDIA's PyTorch package vs shared.models.bigvgan on the same (JAX) latents, through each side's
+  # mel VAE decoder and the log10 -> ln scaling (measured: max abs ~1e-6 on audio of peak ~0.5)
+  jax_audio = rel.codecs.decode_audio(results["t2av"][2][0])
+  assert jax_audio.shape == got["jax_lat_audio"].shape == (24 * 256,)
+  assert 0.01 < np.abs(jax_audio).max() < 0.99, np.abs(jax_audio).max()
+  err = np.abs(jax_audio - got["jax_lat_audio"]).max()
+  assert err < 1e-4 * np.abs(jax_audio).max(), err
+  print(f"BigVGAN audio torch vs JAX: max abs {err:.2e}, peak {np.abs(jax_audio).max():.3f}")
   assert os.path.getsize(os.path.join(root, "torch.mp4")) > 0
 
 
@@ -271,6 +328,68 @@ def test_codec_switch_checks_and_layouts(smoke):
                                           "freq_dim", "text_dim", "dtype", "remat_policy")}
   sizes |= {("model", "audio_ffn_dim"), ("trainer", "batch_size"), ("trainer", "total_steps"), ("trainer", "remat"),
             ("trainer", "precision", "compute_dtype"), ("sampling", "steps")}
-  sizes |= {("data", k) for k in ("frames", "frame_size", "text_len", "text_encoder_dtype", "video_codec_chunk")}
+  sizes |= {("data", k) for k in ("frames", "frame_size", "text_len", "text_encoder_dtype", "video_codec_chunk",
+                                   "ref_len")}
   assert differ <= sizes, differ - sizes
   assert data_lib.latent_layout(wan22_5b.get_config())["video"] == (31, 44, 44, 48)
+  assert data_lib.latent_layout(wan22_5b.get_config())["ref"] == (257, 20)   # the paper's fixed reference length
+
+
+def test_reference_length_rule_and_vocoder_checks(smoke, tmp_path):
+  """data.ref_len = N: a long reference gives N tokens (its first N x 512 samples encoded), a short one its own
+  ceil(S / 512) tokens then zero rows; training refs are the clip's permuted latents then zeros; ref_len 0 keeps
+  the clip's own count. A vocoder whose mel differs from the codec's, or one with the PCA codecs, is refused."""
+  from unitalking_jax.release import fixed_length
+  _, c = smoke
+  c = c.copy_and_resolve_references()
+  codecs = data_lib.codecs(c)
+  a = codecs.audio
+  rng = np.random.default_rng(5)
+  long, short = rng.normal(0, 0.2, 3 * 16000).astype(np.float32), rng.normal(0, 0.2, 3000).astype(np.float32)
+  t_long, t_short = data_lib.reference_tokens(codecs, c, long), data_lib.reference_tokens(codecs, c, short)
+  assert t_long.shape == t_short.shape == (16, 20)
+  np.testing.assert_allclose(t_long, a.encode_audio(long[:16 * 512], 16), rtol=1e-6, atol=1e-6)
+  assert np.all(np.abs(t_long).max(1) > 0)
+  np.testing.assert_allclose(t_short[:6], a.encode_audio(np.pad(short, (0, 72)), 6), rtol=1e-6, atol=1e-6)
+  assert np.all(np.abs(t_short[:6]).max(1) > 0) and np.all(t_short[6:] == 0)
+  np.testing.assert_array_equal(fixed_length(np.arange(6.0).reshape(3, 2), 2), [[0, 1], [2, 3]])
+  src = data_lib.source(c, "train")
+  ex = data_lib.prepare(src[0], c, 0)
+  assert ex["ref"].shape == (16, 20) and np.all(ex["ref"][12:] == 0)
+  np.testing.assert_allclose(np.sort(ex["ref"][:12], 0), np.sort(ex["audio"], 0))   # its own latents, permuted
+  c0 = c.copy_and_resolve_references()
+  c0.data.ref_len = 0
+  assert data_lib.prepare(src[0], c0, 0)["ref"].shape == (12, 20) == data_lib.latent_layout(c0)["ref"]
+  assert data_lib.reference_tokens(codecs, c0, short).shape == (12, 20)
+  # the vocoder's mel must be the codec's; a vocoder needs the mel VAE
+  bad_voc = str(tmp_path / "voc")
+  import shutil
+  shutil.copytree(c.data.vocoder_path, bad_voc)
+  h = json.load(open(os.path.join(bad_voc, "config.json")))
+  json.dump({**h, "sampling_rate": 22050, "fmax": None}, open(os.path.join(bad_voc, "config.json"), "w"))
+  bad = c.copy_and_resolve_references()
+  bad.data.vocoder_path = bad_voc
+  with pytest.raises(ConfigError, match=r"sampling_rate 22050 vs sample_rate 16000.*fmax 11025.0 vs fmax 8000"):
+    data_lib.codecs(bad)
+  t = tiny.get_config()
+  t.data.vocoder_path = bad_voc
+  with pytest.raises(ConfigError, match="data.vocoder_path"):
+    data_lib.codecs(t)
+
+
+def test_torch_vocoder_rules_match_and_missing_package_is_named(smoke, monkeypatch):
+  """The vocoder rules (shared.data.features, JAX-free: the PyTorch pipeline and av_codec both call them) refuse a
+  mel mismatch naming both directories; without PyPI bigvgan, loading a BigVGAN release names the pip command."""
+  from shared.data import features
+  from unitalking_jax import torch_pipeline as tp
+  _, c = smoke
+  assert features.vocoder_mel_scale("ln", "ln") == features.vocoder_mel_scale(None, "log10") == 1.0
+  h = json.load(open(os.path.join(c.data.vocoder_path, "config.json")))
+  mel = features.MMAUDIO_16K
+  features.check_vocoder_mel(h, mel, "VOC", "CODEC")
+  with pytest.raises(ConfigError, match=r"VOC .* CODEC.*hop_size 512 vs hop 256"):
+    features.check_vocoder_mel({**h, "hop_size": 512}, mel, "VOC", "CODEC")
+  monkeypatch.setitem(sys.modules, "bigvgan", None)
+  monkeypatch.setitem(sys.modules, "bigvgan.bigvgan", None)
+  with pytest.raises(ConfigError, match=r"pip install --no-deps bigvgan==2\.4\.1"):
+    tp.load_bigvgan(c.data.vocoder_path)
