@@ -195,6 +195,9 @@ def check_config(cfg) -> None:
   need(cfg.init_audio in init_from.AUDIO_MODES, "init_audio", cfg.init_audio, f"one of {init_from.AUDIO_MODES}")
   need(cfg.init_audio != "copy_video" or bool(cfg.init.video.path), "init_audio", cfg.init_audio,
        "'random' without init.video.path ('copy_video' needs a Wan checkpoint directory there)")
+  stage1 = cfg.init.get("stage1")
+  need(not (stage1 is not None and stage1.path and cfg.init_audio == "copy_video"), "init_audio", cfg.init_audio,
+       "'random' with init.stage1.path ('copy_video' would overwrite the stage-1 audio stream with the video's)")
   data_lib.text_kind(cfg)   # data.text agrees with model.text_vocab
   data_lib.codec_kind(cfg)  # data.video_codec / data.audio_codec
 

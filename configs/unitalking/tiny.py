@@ -83,7 +83,10 @@ def get_config(arg: str = ""):
   # diffusers WanTransformer3DModel dir or an original Wan dir into the video stream
   # (--config.init.video.path=DIR); init_audio: "random" | "copy_video" (the audio twin copies the video
   # stream's same-shaped modules after the entries are loaded; unitalking_jax/init_from.py)
-  c.init = ml_collections.ConfigDict(dict(video=init_entry(rename=WAN_VIDEO_RENAME)))
+  # `stage1`: stage 2 from a stage-1 run (audio_pretrain.py): --config.init.stage1.path=STAGE1_WORKDIR (its newest
+  # checkpoint's whole param tree; entries apply by name, so a `video` entry given too lands after it)
+  c.init = ml_collections.ConfigDict(dict(video=init_entry(rename=WAN_VIDEO_RENAME),
+                                          stage1=init_entry(family="workdir")))
   c.init_audio = "random"
   c.objective = ml_collections.ConfigDict(dict(
       # task ratios (one run alternates them per example): T2AV, TV2A, TI2AV, TR2AV

@@ -110,10 +110,14 @@ SIZES = {
 
 
 def get_config(arg: str = ""):
-  """arg "": paper size; "smoke": the same code path at tiny sizes (module docstring)."""
-  if arg not in SIZES:
-    raise ConfigError(f"wan22_5b.py:{arg}: expected no argument or ':smoke'")
-  z = SIZES[arg]
+  """arg "": paper size; "smoke": the same code path at tiny sizes (module docstring); ",stage1" after either (or
+  "stage1" alone): the audio-branch pre-training stage of that config (audio_pretrain.audio_stage)."""
+  size, _, stage = arg.partition(",")
+  if size == "stage1" and not stage:
+    size, stage = "", "stage1"
+  if size not in SIZES or stage not in ("", "stage1"):
+    raise ConfigError(f"wan22_5b.py:{arg}: expected no argument, ':smoke', ':stage1' or ':smoke,stage1'")
+  z = SIZES[size]
   c = tiny.get_config()
   c.model.video.update(dict(patch_size=(1, 2, 2), attention_impl="auto", **z["video"]))
   c.model.update(dict(audio_ffn_dim=z["audio_ffn_dim"],
@@ -139,4 +143,7 @@ def get_config(arg: str = ""):
   c.sampling.update(dict(sampler="unipc", steps=z["sampling"]["steps"], shift=5.0, text_scale=5.0, ref_scale=2.0))
   c.objective.timestep_shift = 5.0
   c.objective.p_independent_sigma = 0.0   # the paper's objective: one σ per example for both streams
+  if stage:
+    from configs.unitalking.audio_pretrain import audio_stage
+    audio_stage(c)
   return c

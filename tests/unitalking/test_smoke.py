@@ -333,6 +333,13 @@ def test_codec_switch_checks_and_layouts(smoke):
   assert differ <= sizes, differ - sizes
   assert data_lib.latent_layout(wan22_5b.get_config())["video"] == (31, 44, 44, 48)
   assert data_lib.latent_layout(wan22_5b.get_config())["ref"] == (257, 20)   # the paper's fixed reference length
+  # the paper's stage 1 (audio branch alone) of either size: only the stage keys differ
+  for size in ("", "smoke"):
+    st1 = wan22_5b.get_config(f"{size},stage1" if size else "stage1")
+    assert st1.stage.number == 1 and tuple(st1.stage.trainable) == ("blocks/audio/", "audio_")
+    assert st1.model.to_dict() == wan22_5b.get_config(size).model.to_dict()
+  with pytest.raises(ConfigError, match="stage1"):
+    wan22_5b.get_config("smoke,stage3")
 
 
 def test_reference_length_rule_and_vocoder_checks(smoke, tmp_path):

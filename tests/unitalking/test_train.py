@@ -141,6 +141,39 @@ def test_stage1_trainable_mask_is_the_audio_stream():
   assert float(np.abs(g["blocks/audio/attn1/to_q/kernel"]).max()) > 0.0
 
 
+def test_stage2_starts_from_the_stage1_workdir(tmp_path):
+  """The paper's hand-off: stage 2 reads the stage-1 run's whole param tree (init.stage1 = the workdir, shared
+  init "workdir"): the trained audio stream and the frozen rest equal the stage-1 checkpoint; with copy_video (which
+  would overwrite the trained audio stream) the config is refused."""
+  from configs.unitalking import audio_pretrain
+  from shared import mesh as mesh_lib
+  from shared.checkpoint import restore
+  from shared.errors import ConfigError
+  from shared.weights.init import apply_init_entries
+  s1 = small_config()
+  audio_pretrain.audio_stage(s1)
+  s1.trainer.total_steps = 2
+  s1.trainer.checkpoint.every_steps = 2
+  mesh = mesh_lib.make_mesh(s1.trainer.mesh, devices=jax.devices()[:1])
+  train_lib.train(s1, make_task(s1), str(tmp_path / "s1"), mesh=mesh)
+  want = train_lib.flat(restore(str(tmp_path / "s1")).params)
+  s2 = small_config()
+  s2.init.stage1.path = str(tmp_path / "s1")
+  task = make_task(s2)
+  batch = data_lib.collate([data_lib.prepare(data_lib.source(s2, "test")[0], s2)])
+  fresh = nn.meta.unbox(jax.jit(task.init_params)(jax.random.key(5), batch))
+  got = train_lib.flat(apply_init_entries(s2.init, {"params": fresh}, variables=True)[0]["params"])
+  assert got.keys() == want.keys()
+  for k in got:
+    np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+  assert any(float(np.abs(np.asarray(fresh_v) - want[k]).max()) > 0 for k, fresh_v in train_lib.flat(fresh).items()
+             if k.startswith("blocks/audio/"))                           # (a fresh init differs: the read did it)
+  s2.init_audio = "copy_video"
+  s2.init.video.path = str(tmp_path / "s1")
+  with pytest.raises(ConfigError, match="init.stage1"):
+    make_task(s2)
+
+
 def test_codecs_and_sync_score_on_real_clips():
   cfg = get_config()
   cfg.data.pca_fit_samples = 64
