@@ -32,6 +32,21 @@ Batch (`collate`; keys `batch_keys(cfg)`: only the modalities some task of the s
   T (the encoder sees a valid all-zero clip; the task's masking replaces its features by zeros).
 Sign frames stay uint8 here: the task normalises them on device (shared.models.swin3d KINETICS_MEAN / STD).
 
+Precomputed sign features (`data.sign_features` = FEAT; "" = frames, the default). The paper's sign encoder is
+frozen, so its features can be extracted once, offline (`python -m trimodal_jax.extract`, which runs the model's
+own sign path: TriModal._sign, one pooled Swin clip per frame) and read instead of the frames; at paper size
+this removes the Swin (9,600 224 x 224 frames per 600-frame example) from the training step. Layout:
+  FEAT/<split>/index.json      the encoder's identity (model.sign section, weights sha256), dim, dtype, count
+  FEAT/<split>/<name>.npy      one clip's features [T', Ds] float16 | float32 (T' = the clip's sign feature
+                               frames, `sign_steps`: T at clip stride 1, "same" padding; Ds = model.sign's width)
+  <name> = `clip_name(source, index)`: the How2Sign clip's file stem, or the SynthCue index (6 digits).
+With it the config must have "sign" in model.precomputed (and the other way round: ConfigError naming both keys);
+the SLT sources then neither render nor decode the sign video (the lips and text are read as before), and
+  example sign [T', Ds] float32 (an absent sign: zeros of that shape)    batch sign [B, T', Ds] float32,
+  sign_len [B] = the feature count (= the frame count at stride 1)
+A missing file, or one whose shape is not [T', Ds] for the clip's T frames, is a DataError naming the file and
+shape (never zeros); FEAT/<split>/index.json missing or of another width: DataError naming it.
+
 Tokenizer (`tokenizer(cfg)`): cfg.tokenizer.path = a local tokenizer (the LLaMA directory at paper size), or ""
 = the SynthCue sentence tokenizer: word level over <pad> <s> </s> <unk>, the words of the four instructions and
 the world's characters (each CJK character is one token), within the tiny LLM's vocabulary.
@@ -124,6 +139,16 @@ def check_data(cfg):
     raise ConfigError(f"data.n_mels={d.n_mels}: Whisper log-mels have 80 bins")
   if not len(d.frame_buckets) or not len(d.label_buckets):
     raise ConfigError("data.frame_buckets and data.label_buckets need at least one length each")
+  feat = sign_features_dir(d)
+  pre = tuple(cfg.model.get("precomputed", ()) or ())
+  if bool(feat) != ("sign" in pre):
+    raise ConfigError(f"data.sign_features={feat!r} and model.precomputed={pre}: precomputed sign features need "
+                      "both (data.sign_features=FEAT from trimodal_jax.extract and 'sign' in model.precomputed) or "
+                      "neither (frames)")
+  frames_only = [m for m in pre if m != "sign"]
+  if frames_only:
+    raise ConfigError(f"model.precomputed={pre}: the data pipeline reads {frames_only} as frames / audio; only "
+                      "sign features can be read precomputed (data.sign_features)")
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -211,8 +236,130 @@ def sources(data, split: str) -> dict:
   if data.source != "synthcue":
     from trimodal_jax import real_data
     return real_data.sources(data, split)
-  return {"sign": synthcue_source(data, split, "sign", frame_size=int(data.sign_frame_size), render_audio=False),
+  return {"sign": synthcue_source(data, split, "sign", frame_size=int(data.sign_frame_size), render_audio=False,
+                                  render_video=not sign_features_dir(data)),
           "speech": synthcue_source(data, split, "speech", render_video=False)}
+
+
+def sign_source(data, split: str):
+  """The SLT clips of `split` with their frames ("video"), alone (trimodal_jax.extract): SynthCue `sign` mode, or
+  How2Sign without its mouth crops (real_data.how2sign_source(lips=False); LRS3 is not opened)."""
+  if data.source != "synthcue":
+    from trimodal_jax import real_data
+    src = real_data.how2sign_source(data, split, lips=False)
+    src.load_video = True
+    return src
+  return synthcue_source(data, split, "sign", frame_size=int(data.sign_frame_size), render_audio=False)
+
+
+def sources_for(cfg, split: str) -> dict:
+  """`sources` of cfg.data, the SLT clips reading their precomputed sign features (SignFeatures) when
+  data.sign_features is set."""
+  srcs = sources(cfg.data, split)
+  feat = sign_features_dir(cfg.data)
+  if feat:
+    srcs = {**srcs, "sign": SignFeatures(srcs["sign"], os.path.join(feat, split), sign_dim(cfg),
+                                         functools.partial(sign_steps, cfg))}
+  return srcs
+
+
+# ----------------------------------------------------------------------------- precomputed sign features
+
+FEATURE_INDEX = "index.json"
+
+
+def sign_features_dir(data) -> str:
+  """data.sign_features (expanded; "" = frames; a config without the key reads frames)."""
+  return os.path.expanduser(str(data.get("sign_features", "") or ""))
+
+
+def _model_config(cfg):
+  from shared import config as config_lib
+  from trimodal_jax.model import TriModalConfig
+  return config_lib.from_section(TriModalConfig, cfg.model, "model")
+
+
+def sign_dim(cfg) -> int:
+  """Ds: the sign encoder's feature width (model.sign: embed_dim * 2^(stages - 1))."""
+  c = cfg.model.sign
+  return int(c.embed_dim) * 2 ** (len(c.depths) - 1)
+
+
+def sign_steps(cfg, n_frames: int) -> int:
+  """Sign feature frames of an n_frames clip (TriModal._sign's output length: ceil(T / stride) with "same"
+  clip padding, floor((T - window) / stride) + 1 with "valid")."""
+  c = cfg.model.sign
+  w, st, n = int(c.clip_window), int(c.clip_stride), int(n_frames)
+  return -(-n // st) if c.clip_padding == "same" else max((n - w) // st + 1, 0)
+
+
+def clip_name(src, index: int) -> str:
+  """The feature file name (no extension) of SLT clip `index` of `src`: the source's own clip_name (How2Sign:
+  the clip's file stem) or the index, 6 digits (SynthCue)."""
+  if hasattr(src, "clip_name"):
+    return str(src.clip_name(int(index)))
+  return f"{int(index):06d}"
+
+
+def read_index(directory: str) -> dict:
+  """FEAT/<split>/index.json -> dict (DataError naming it when missing or unreadable)."""
+  import json
+  path = os.path.join(directory, FEATURE_INDEX)
+  if not os.path.isfile(path):
+    raise DataError("no feature index: extract the split's sign features first (python -m trimodal_jax.extract "
+                    f"--split {os.path.basename(directory)} --out {os.path.dirname(directory)})", path=path)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f"unreadable feature index: {e}", path=path) from e
+
+
+def read_sign_features(path: str, steps: int, dim: int) -> np.ndarray:
+  """One clip's feature file -> [steps, dim] float32; DataError naming the file (and both shapes) when it is
+  missing, unreadable or of another shape."""
+  if not os.path.isfile(path):
+    raise DataError(f"sign feature file does not exist (expected [{steps}, {dim}]: run trimodal_jax.extract for "
+                    "this split)", path=path, key="sign")
+  try:
+    x = np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise DataError(f"unreadable sign feature file: {e}", path=path, key="sign") from e
+  if x.shape != (steps, dim) or x.dtype not in (np.float16, np.float32):
+    raise DataError(f"sign features have shape {x.shape} {x.dtype}; the clip needs [{steps}, {dim}] float16 / "
+                    "float32 (model.sign's width; one feature per frame)", path=path, key="sign")
+  return x.astype(np.float32)
+
+
+class SignFeatures:
+  """An SLT source whose samples carry "sign_features" [T', Ds] float32 (read from directory/<clip_name>.npy)
+  instead of the video (the wrapped source renders / decodes none). Checks directory/index.json's width."""
+
+  def __init__(self, src, directory: str, dim: int, steps):
+    self.src, self.directory, self.dim, self.steps = src, directory, int(dim), steps
+    index = read_index(directory)
+    if int(index.get("dim", -1)) != self.dim:
+      raise DataError(f"features of width {index.get('dim')}; model.sign gives {self.dim}",
+                      path=os.path.join(directory, FEATURE_INDEX))
+    self.index = index
+
+  def __len__(self) -> int:
+    return len(self.src)
+
+  def __getattr__(self, name):        # n_clips, entries, ... of the wrapped source
+    if name == "src":
+      raise AttributeError(name)
+    return getattr(self.src, name)
+
+  def path(self, index: int) -> str:
+    return os.path.join(self.directory, clip_name(self.src, index) + ".npy")
+
+  def __getitem__(self, index: int) -> dict:
+    s = dict(self.src[index])
+    lip = s.get("lip")
+    t = int(np.shape(lip)[0]) if lip is not None else 0
+    s["sign_features"] = read_sign_features(self.path(index), self.steps(t), self.dim)
+    return s
 
 
 @functools.lru_cache(maxsize=4)
@@ -269,6 +416,15 @@ def sign_frames(video: np.ndarray, size: int) -> np.ndarray:
   return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
+def sign_input(sample, size: int) -> np.ndarray:
+  """An SLT sample's video -> the sign encoder's input frames [T, size, size, 3] uint8 (`sign_frames`)."""
+  video = sample.get("video")
+  if video is None or np.ndim(video) != 4:
+    raise DataError(f"expected sign frames 'video' [T, H, W, 3] uint8, got "
+                    f"{None if video is None else np.shape(video)}", path=_where(sample), key="video")
+  return sign_frames(np.asarray(video, np.uint8), size)
+
+
 def clip_mels(audio: np.ndarray, n_frames: int) -> np.ndarray:
   """16 kHz audio of an n_frames clip -> Whisper log-mels [4 n_frames, 80] float32."""
   mel = whisper_log_mel(np.asarray(audio, np.float32), n_samples=None)
@@ -311,9 +467,16 @@ def prepare(index: int, task: str, rng: np.random.Generator | None, *, cfg, srcs
   out = {"n_frames": t, "task": np.int32(TASKS.index(task)), "instr_ids": instructions(tok)[task],
          "target_ids": target}
   used = modalities(cfg)
-  if "sign" in used:
-    out["sign"] = (sign_frames(np.asarray(s["video"], np.uint8), size) if "sign" in mods
-                   else np.zeros((t, size, size, 3), np.uint8))
+  if "sign" in used and sign_features_dir(d):
+    if "sign" in mods:
+      if "sign_features" not in s:
+        raise DataError("data.sign_features is set but the SLT source gave no features (build it with "
+                        "sources_for)", path=_where(s), key="sign")
+      out["sign"] = np.asarray(s["sign_features"], np.float32)
+    else:
+      out["sign"] = np.zeros((sign_steps(cfg, t), sign_dim(cfg)), np.float32)
+  elif "sign" in used:
+    out["sign"] = sign_input(s, size) if "sign" in mods else np.zeros((t, size, size, 3), np.uint8)
   if "lip" in used:
     if "lip" not in mods:
       out["lip"] = np.zeros((t, c, c), np.uint8)
@@ -353,8 +516,14 @@ def collate(examples, *, cfg, tok) -> dict:
   task = np.asarray([e["task"] for e in examples], np.int32)
   b = len(examples)
   out = {}
+  features = bool(sign_features_dir(d))
   for m in modalities(cfg):
     present = np.asarray([m in TASK_MODALITIES[TASKS[k]] for k in task])
+    if m == "sign" and features:      # [T', Ds] float32 features: padded to the bucket's feature count
+      out[m] = _pad([e[m] for e in examples], sign_steps(cfg, t), np.float32)
+      steps = np.asarray([sign_steps(cfg, k) for k in n], np.int32)
+      out[f"{m}_len"] = np.where(present, steps, sign_steps(cfg, t)).astype(np.int32)
+      continue
     per = MELS_PER_FRAME if m == "audio" else 1
     dtype = np.float32 if m == "audio" else np.uint8
     out[m] = _pad([e[m] for e in examples], per * t, dtype)
@@ -388,7 +557,7 @@ class Indices:
 
 def train_iterator(cfg, tok, *, batch_size: int, seed: int):
   """Checkpointable grain iterator of mixed-task training batches (host-local batch_size)."""
-  srcs = sources(cfg.data, "train")
+  srcs = sources_for(cfg, "train")
 
   def example(index, rng):
     return prepare(index, draw_task(cfg, rng), rng, cfg=cfg, srcs=srcs, tok=tok)
@@ -400,7 +569,7 @@ def train_iterator(cfg, tok, *, batch_size: int, seed: int):
 def eval_examples(cfg, tok, split: str, n: int, tasks=None, snr: float | None = None) -> list[tuple[dict, str]]:
   """The first n usable clips of `split`, example i of task tasks[i % len(tasks)] (default: the stage's tasks),
   unaugmented (snr: babble at that SNR in ASR / AVSR audio, see `prepare`): [(example, reference text)]."""
-  srcs = sources(cfg.data, split)
+  srcs = sources_for(cfg, split)
   tasks = tuple(tasks or active_tasks(cfg))
   out, i = [], 0
   while len(out) < n and i < len(srcs["speech"]):

@@ -5,7 +5,9 @@ Decodes one clip with a trained checkpoint and prints ONE JSON line {"task", "te
 paths given: "sign", "lip", "audio"}. The task needs (trimodal_jax.model.TASK_MODALITIES): SLT --sign and --lip
 (the signer's video and the mouth crop of the same clip), VSR --lip, ASR --audio, AVSR --lip and --audio.
 Files are read with shared.data.media and prepared as evaluation prepares a clip (data.prepare, rng None):
-  sign   RGB mp4 at data.fps; square frames whose side is a multiple of data.sign_size are block-averaged to
+  sign   a run on precomputed sign features (data.sign_features): the clip's features F.npy [T', Ds] as
+         trimodal_jax.extract writes them (shape checked against the lip clip's frames); else
+         RGB mp4 at data.fps; square frames whose side is a multiple of data.sign_size are block-averaged to
          it (exactly data.sign_frames); other sizes: centre square, then PIL box (area) resize
   lip    mp4 of the mouth region at data.fps, read grey, centre-cropped to data.crop (each side >= data.crop)
   audio  16 kHz mono (wav / flac, or an mp4's audio track) -> Whisper log-mels, 4 per video frame
@@ -18,6 +20,7 @@ frames smaller than data.crop, sign and lip clips of different lengths.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 from absl import flags
@@ -78,9 +81,20 @@ def read_inputs(cfg, task: str, *, sign: str | None = None, lip: str | None = No
                     f"{', '.join('--' + m for m in missing)}", key=missing[0])
   out = {}
   if "sign" in need:
-    m = media.read_mp4(sign, with_audio=False)
-    _check_fps(m.fps, int(d.fps), sign)
-    out["sign"] = m.frames
+    from trimodal_jax import data as data_lib
+    if data_lib.sign_features_dir(d):    # a run on precomputed sign features reads a feature file (extract's)
+      if not str(sign).endswith(".npy"):
+        raise DataError("this model reads precomputed sign features (data.sign_features): give --sign F.npy, the "
+                        "clip's features [T, Ds] as python -m trimodal_jax.extract writes them", path=sign, key="sign")
+      if not os.path.isfile(sign):
+        raise DataError("sign feature file does not exist", path=sign, key="sign")
+      x = np.load(sign, allow_pickle=False)
+      out["sign"] = x if x.ndim == 2 else np.zeros((0, 0), np.float32)    # (the shape is checked in make_example)
+      out["sign_file_shape"] = x.shape
+    else:
+      m = media.read_mp4(sign, with_audio=False)
+      _check_fps(m.fps, int(d.fps), sign)
+      out["sign"] = m.frames
   if "lip" in need:
     m = media.read_mp4(lip, gray=True, with_audio=False)
     _check_fps(m.fps, int(d.fps), lip)
@@ -100,9 +114,16 @@ def make_example(cfg, tok, task: str, arrays: dict, paths: dict | None = None) -
   paths = paths or {}
   need = TASK_MODALITIES[task]
   video = [m for m in ("lip", "sign") if m in need]
+  features = "sign" in need and bool(data_lib.sign_features_dir(d))
   if video:
     t = int(arrays[video[0]].shape[0])
-    if "sign" in need and "lip" in need and arrays["sign"].shape[0] != t:
+    if features:
+      want = (data_lib.sign_steps(cfg, t), data_lib.sign_dim(cfg))
+      got = tuple(arrays.get("sign_file_shape", np.shape(arrays["sign"])))
+      if got != want:
+        raise DataError(f"sign features have shape {got}; the {t}-frame lip clip ({paths.get('lip')}) needs "
+                        f"{list(want)} (model.sign's width, one feature per frame)", path=paths.get("sign"))
+    elif "sign" in need and "lip" in need and arrays["sign"].shape[0] != t:
       raise DataError(f"the sign clip has {arrays['sign'].shape[0]} frames and the lip clip ({paths.get('lip')}) "
                       f"{t}: expected the same clip", path=paths.get("sign"))
   else:
@@ -116,7 +137,9 @@ def make_example(cfg, tok, task: str, arrays: dict, paths: dict | None = None) -
   c, size = int(d.crop), int(d.sign_size)
   ex = {"n_frames": t, "task": np.int32(TASKS.index(task)), "instr_ids": data_lib.instructions(tok)[task],
         "target_ids": np.asarray([tok.eos_token_id], np.int32)}
-  if "sign" in need:
+  if features:
+    ex["sign"] = np.asarray(arrays["sign"], np.float32)
+  elif "sign" in need:
     ex["sign"] = sign_resize(np.asarray(arrays["sign"], np.uint8), size)
   if "lip" in need:
     lip = np.asarray(arrays["lip"], np.uint8)
@@ -150,7 +173,8 @@ def infer(workdir: str, task: str, *, sign: str | None = None, lip: str | None =
 def define_flags():
   flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/).")
   flags.DEFINE_enum("task", None, ["slt", "vsr", "asr", "avsr"], "What to decode.")
-  flags.DEFINE_string("sign", None, "SLT: the signer's RGB video (mp4, data.fps).")
+  flags.DEFINE_string("sign", None, "SLT: the signer's RGB video (mp4, data.fps); a run on precomputed sign "
+                      "features (data.sign_features): the clip's features F.npy from trimodal_jax.extract.")
   flags.DEFINE_string("lip", None, "SLT / VSR / AVSR: the mouth-region video (mp4, data.fps).")
   flags.DEFINE_string("audio", None, "ASR / AVSR: 16 kHz speech (wav / flac, or an mp4 with an audio track).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")

@@ -31,6 +31,11 @@ LRS3 (data.lrs3; layouts.LRS3Reader: {split}/<ytid>/<NNNNN>.mp4 + .txt "Text:  W
   text   the "Text:" line, lower-cased when lrs3.lowercase (LRS3 is upper case; the paper does not say which case
          its targets have: ours, lower case, nearer the text LLaMA was trained on), else as given.
 Frame rate: clips not at data.fps are resampled to it by nearest frame in time (the paper resamples to 25 fps).
+Precomputed sign features (data.sign_features set: trimodal_jax/data.py, trimodal_jax/extract.py): the How2Sign
+source reads the lips and the text only (load_video False: no rgb_front frame is decoded; the CSV duration is
+checked against the lip clip); data.SignFeatures adds the clip's features, found by `clip_name(i)` = the clip's
+file stem (<SENTENCE_NAME>), the name trimodal_jax.extract writes; the extraction itself reads the How2Sign
+frames alone (how2sign_source(lips=False): neither the mouth-ROI videos nor LRS3 are needed for it).
 
 Splits: the system asks for "train", "validation" and data.eval_split; how2sign.splits / lrs3.splits map these to
 the datasets' directories ("a+b" concatenates; "" = not available: ConfigError when asked for). Paper: How2Sign
@@ -209,18 +214,33 @@ class _Source:
 
 
 class How2SignSource(_Source):
-  """How2Sign sentence clips for SLT (module docstring)."""
+  """How2Sign sentence clips for SLT (module docstring). load_video False: lips + text only (precomputed sign
+  features); load_lip False: video + text only (trimodal_jax.extract)."""
+  load_video = True
+  load_lip = True
+
+  def clip_name(self, i: int) -> str:
+    """Clip i's feature name: its mp4's file stem (How2Sign's SENTENCE_NAME)."""
+    return os.path.splitext(os.path.basename(self.entries[int(i) % self.n_clips]["mp4"]))[0]
 
   def load(self, e, index: int) -> dict:
     d = self.d
+    if not self.load_video:
+      lip = read_lip(self.lip_path(e["mp4"]), d)
+      dur = e.get("duration")
+      if dur is not None and abs(lip.shape[0] / float(d.fps) - dur) > float(d.how2sign.duration_tol):
+        raise DataError(f"mouth-ROI clip lasts {lip.shape[0] / float(d.fps):.2f} s, the CSV says {dur:.2f} s",
+                        path=self.lip_path(e["mp4"]), key="lip")
+      return {"lip": lip, "text": str(e["text"]).strip(), "path": e["mp4"], "fps": float(d.fps), "index": index}
     frames, fps = decode_video(e["mp4"], lambda x: sign_video(x, int(d.sign_frame_size)))
     dur = e.get("duration")
     if dur is not None and abs(frames.shape[0] / fps - dur) > float(d.how2sign.duration_tol):
       raise DataError(f"clip lasts {frames.shape[0] / fps:.2f} s, the CSV says {dur:.2f} s", path=e["mp4"])
     video = to_fps(frames, fps, float(d.fps))
-    lip = read_lip(self.lip_path(e["mp4"]), d, video.shape[0])
-    return {"video": video, "lip": lip, "text": str(e["text"]).strip(), "path": e["mp4"], "fps": float(d.fps),
-            "index": index}
+    out = {"video": video, "text": str(e["text"]).strip(), "path": e["mp4"], "fps": float(d.fps), "index": index}
+    if self.load_lip:
+      out["lip"] = read_lip(self.lip_path(e["mp4"]), d, video.shape[0])
+    return out
 
 
 class LRS3Source(_Source):
@@ -254,15 +274,20 @@ class LRS3Source(_Source):
             "path": e["mp4"], "fps": float(d.fps), "sample_rate": int(d.sample_rate), "index": index}
 
 
-def how2sign_source(d, split: str) -> How2SignSource:
+def how2sign_source(d, split: str, *, lips: bool = True) -> How2SignSource:
+  """The How2Sign clips of `split`; lips False: no mouth-ROI video is read (lip_root may be empty: the sign
+  feature extraction reads the frames alone)."""
   root, sec = str(d.how2sign.root or ""), d.how2sign
   dirs = _dirs(d, "how2sign", split)
-  if not str(sec.lip_root or ""):
+  if lips and not str(sec.lip_root or ""):
     raise ConfigError("data.how2sign.lip_root is empty: How2Sign needs the signer's mouth-ROI mp4s (prepared "
                       "with a facial landmark detector; same relative names as the clips)")
   readers = [layouts.How2SignReader(root, s, duration_tol=float(sec.duration_tol), load_video=False)
              for s in dirs]
-  return How2SignSource(readers, d, root, str(sec.lip_root))
+  src = How2SignSource(readers, d, root, str(sec.lip_root or ""))
+  src.load_video = not str(d.get("sign_features", "") or "")    # features: trimodal_jax.data.SignFeatures
+  src.load_lip = bool(lips)
+  return src
 
 
 def lrs3_source(d, split: str) -> LRS3Source:

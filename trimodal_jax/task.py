@@ -15,6 +15,15 @@ Decoding (`Decoder`): the generation prompt [instruction, modality tokens] (TriM
 shared.decoding.search.generate over the LLM's params: greedy for SLT (cfg.decode.slt), beam search for VSR /
 ASR / AVSR (cfg.decode.speech: beam 5, temperature 0.3 as the paper); one task per call.
 
+Precomputed inputs (model.precomputed; data.sign_features for sign, trimodal_jax/data.py): such a modality's
+encoder is not built and its batch entry is the encoder's features [B, T_m, D_m] float32 (D_m the encoder's width
+from the model config: sign [B, T', Ds] with T' = data.sign_steps of the T frames (T at clip stride 1), lip
+[B, T, Dv], audio [B, 2T, Da] (Whisper's 50 Hz frames of 4T mels); *_len counts those feature frames).
+`batch_spec` and `complete` give these shapes, so `python -m shared.scaling compile --config
+configs/trimodal/paper.py:stage1 --config.model.precomputed='("sign",)' --config.data.sign_features=FEAT ...`
+lowers the step without the Swin (no feature file is read for it). The sign encoder's weights then do not
+enter training: init.sign.path must stay empty (ConfigError: they are read by trimodal_jax.extract).
+
 For shared.scaling: `Task.val_loss_fn` = the held-out token loss (no dropout, no augmentation) on the first
 data.eval_samples clips of data.eval_split (tasks in turn: the stage's tasks; none when 0; `task.val_token_acc` the
 teacher-forced next-token accuracy on them, the eval hook's "val_token_acc"), `batch_spec(cfg)` =
@@ -62,6 +71,11 @@ def check_config(cfg):
       raise ConfigError(f"decode.{name}: num_beams={d.num_beams}, temperature={d.temperature}: expected >= 1, > 0")
   if int(cfg.decode.max_new_tokens) < 1:
     raise ConfigError(f"decode.max_new_tokens={cfg.decode.max_new_tokens}: expected >= 1")
+  pre = tuple(cfg.model.get("precomputed", ()) or ())
+  if "sign" in pre and "init" in cfg and "sign" in cfg.init and str(cfg.init.sign.get("path", "") or ""):
+    raise ConfigError(f"init.sign.path={cfg.init.sign.path!r} with 'sign' in model.precomputed: no sign encoder "
+                      "is built (its features come from data.sign_features); give the weights to "
+                      "trimodal_jax.extract and leave init.sign.path empty here")
   a = cfg.model.audio
   if _mels_needed(cfg) > 2 * int(a.max_source_positions):
     raise ConfigError(f"data.frame_buckets up to {max(cfg.data.frame_buckets)} frames give {_mels_needed(cfg)} mel "
@@ -88,17 +102,40 @@ def model_inputs(batch) -> dict:
   return out
 
 
+def input_shapes(cfg, b: int, t: int) -> dict:
+  """{modality: (shape, dtype)} of a batch of b clips padded to t video frames: frames / log-mels, or for a
+  modality in model.precomputed its encoder's features [b, T_m, D_m] float32 (module docstring)."""
+  d = cfg.data
+  pre = tuple(cfg.model.get("precomputed", ()) or ())
+  m_cfg = data_lib._model_config(cfg)
+  w = m_cfg.widths()
+  out = {"sign": ((b, t, int(d.sign_size), int(d.sign_size), 3), jnp.uint8),
+         "lip": ((b, t, int(d.crop), int(d.crop)), jnp.uint8),
+         "audio": ((b, data_lib.MELS_PER_FRAME * t, int(d.n_mels)), jnp.float32)}
+  feats = {"sign": data_lib.sign_steps(cfg, t), "lip": t, "audio": -(-data_lib.MELS_PER_FRAME * t // 2)}
+  for m in pre:
+    out[m] = ((b, feats[m], int(w[m])), jnp.float32)
+  return out
+
+
+def _frames(cfg, m: str, length: int) -> int:
+  """Video frames of a batch whose modality-m entry has `length` steps (the inverse of input_shapes)."""
+  pre = tuple(cfg.model.get("precomputed", ()) or ())
+  if m == "audio":
+    return length // (2 if "audio" in pre else data_lib.MELS_PER_FRAME)
+  if m == "sign" and "sign" in pre:
+    return length * int(cfg.model.sign.clip_stride)     # (stride 1: the same; batches always carry lip anyway)
+  return length
+
+
 def complete(batch, cfg) -> dict:
   """The batch with zero inputs for modalities the stage never reads (init builds every encoder, so a stage-1
-  checkpoint holds the audio encoder too)."""
+  checkpoint holds the audio encoder too); a precomputed modality's zeros are features (input_shapes)."""
   out = dict(batch)
-  d = cfg.data
   b = np.shape(batch["task"])[0]
-  some = next(m for m in MODALITIES if m in batch)
-  t = np.shape(batch[some])[1] // (data_lib.MELS_PER_FRAME if some == "audio" else 1)
-  shapes = {"sign": ((b, t, int(d.sign_size), int(d.sign_size), 3), jnp.uint8),
-            "lip": ((b, t, int(d.crop), int(d.crop)), jnp.uint8),
-            "audio": ((b, data_lib.MELS_PER_FRAME * t, int(d.n_mels)), jnp.float32)}
+  some = next(m for m in ("lip", "audio", "sign") if m in batch)
+  t = _frames(cfg, some, np.shape(batch[some])[1])
+  shapes = input_shapes(cfg, b, t)
   for m in MODALITIES:
     if m not in out:
       shape, dt = shapes[m]
@@ -142,15 +179,13 @@ def make_loss_fn(model: TriModal):
 def batch_spec(cfg) -> dict:
   """The GLOBAL training batch (cfg.trainer.batch_size) at the largest buckets as jax.ShapeDtypeStruct, exactly
   as data.collate yields it (keys: data.batch_keys(cfg)); no data built. With one frame bucket and one label
-  bucket it is every batch's shape."""
+  bucket it is every batch's shape. A modality in model.precomputed: its features [B, T_m, D_m] float32
+  (input_shapes), e.g. sign [B, T, Ds] at clip stride 1."""
   d, b = cfg.data, int(cfg.trainer.batch_size)
   t, lt = int(max(d.frame_buckets)), int(max(d.label_buckets))
   li = data_lib.instr_len(data_lib.tokenizer(cfg))
-  s, c = int(d.sign_size), int(d.crop)
   i32 = jnp.int32
-  full = {"sign": ((b, t, s, s, 3), jnp.uint8), "sign_len": ((b,), i32),
-          "lip": ((b, t, c, c), jnp.uint8), "lip_len": ((b,), i32),
-          "audio": ((b, data_lib.MELS_PER_FRAME * t, int(d.n_mels)), jnp.float32), "audio_len": ((b,), i32),
+  full = {**input_shapes(cfg, b, t), "sign_len": ((b,), i32), "lip_len": ((b,), i32), "audio_len": ((b,), i32),
           "task": ((b,), i32), "instr_ids": ((b, li), i32), "instr_len": ((b,), i32),
           "target_ids": ((b, lt), i32), "target_len": ((b,), i32)}
   return {k: jax.ShapeDtypeStruct(*full[k]) for k in data_lib.batch_keys(cfg)}

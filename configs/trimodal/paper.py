@@ -56,6 +56,24 @@ not re-measured); small beside the temporaries below.
   FLOPs (shared/scaling/flops.py, analytic): 1.353e15 (stage 1) / 1.375e15 (stage 2) per step of 8 x 600 frames;
   XLA gives none when it refuses.
 
+Offline sign features (the paper's Swin-T is frozen; sign-language systems such as LiTFiC and the How2Sign
+baselines extract its features once): trimodal_jax/extract.py runs the model's own sign path (TriModal._sign, one
+16-frame clip per frame, pooled, 768-d at 25 Hz) over every How2Sign clip of a split and writes
+FEAT/<split>/<SENTENCE_NAME>.npy [T, 768] (float16 by default: 600 frames = 0.9 MB) + FEAT/<split>/index.json
+(the model.sign section, sha256 of the weights files and of the params as run, width, dtype, count, failed clips):
+  python -m trimodal_jax.extract --config configs/trimodal/paper.py:stage1 --config.init.sign.path=SWIN \
+      --config.data.how2sign.root=H2S --modality sign --split train --out FEAT \
+      [--process_index i --process_count n]          (then --split validation, --split test; reruns resume)
+(only the How2Sign frames are read: no lip_root, no LRS3; the compute dtype is model.sign's, bfloat16 here: add
+--config.trainer.precision.compute_dtype=float32 for float32 features). Train / evaluate on them with
+  --config.data.sign_features=FEAT --config.model.precomputed='("sign",)'     (init.sign.path left empty)
+the sign encoder is then not built (no sign_encoder/ params) and the batch's sign is [B, T, 768] float32.
+Compiled memory of stage 1 with precomputed sign features on v6e-8 (`python -m shared.scaling compile --config
+configs/trimodal/paper.py:stage1 --topology v6e-8 --config.tokenizer.path=TOK --config.model.precomputed='("sign",)'
+--config.data.sign_features=FEAT`): not measured - the compile did not finish within 15 min of CPU on the shared
+2-core machine (stopped at 826 s CPU, 34 min wall). Abstract shapes only: batch_spec sign [8, 600, 768] float32
+(no frames), 3.879 B parameters at init (no sign_encoder/: the Swin-T's 27.9 M gone).
+
 `python -m trimodal_jax.train --config configs/trimodal/paper.py:stage1 --workdir W ...` (a later step).
 """
 import ml_collections
@@ -84,7 +102,8 @@ def get_config(arg: str = ""):
       sign_frame_size=224, sign_size=224, lip_size=96, crop=88, flip=True, n_mels=80, word_drop=(0.0, 0.2),
       babble_p=0.75, babble_snr=(-5, 0, 5, 10, 15, 20), babble_path="",       # NOISEX babble (a local file)
       max_frames_per_device=1250, frame_buckets=(100, 200, 300, 400, 600), label_buckets=(32, 64, 128),
-      eval_split="test", eval_samples=0))
+      eval_split="test", eval_samples=0,
+      sign_features=""))          # FEAT: offline Swin-T features (docstring), with model.precomputed=("sign",)
   c.tasks = ml_collections.ConfigDict(RATIOS[stage])
   c.train = ml_collections.ConfigDict(dict(encoders=(), llm="lora"))    # pretrained encoders and LLaMA frozen
   t = c.trainer

@@ -73,7 +73,9 @@ def get_config(arg: str = ""):
       word_drop=(0.0, 0.2),                                      # SLT target-word dropping (stage 1 and 2)
       babble_p=0.75, babble_snr=(-5, 0, 5, 10, 15, 20),          # stage 2, ASR / AVSR
       max_frames_per_device=400, frame_buckets=(32, 48, 64, 96), label_buckets=(8, 16, 24),
-      eval_split="test", eval_samples=64))
+      eval_split="test", eval_samples=64,
+      # "" = sign frames; FEAT = precomputed sign features (trimodal_jax.extract) with "sign" in model.precomputed
+      sign_features=""))
   c.tasks = ml_collections.ConfigDict(RATIOS[stage])
   # what trains (trimodal_jax/task.py): adapters + mapping always; the LLM: "lora" (only the LoRA factors, as the
   # paper) or "all"; the encoders named here. The tiny stand-ins start fresh (empty init paths), so all of them
