@@ -44,6 +44,7 @@ from ml_collections import config_flags
 
 from shared import cli
 from shared.errors import ConfigError
+from shared.fingerprint import file_sha256
 from trimodal_jax import data as data_lib
 
 log = logging.getLogger(__name__)
@@ -88,14 +89,6 @@ def params_sha256(tree) -> str:
     a = np.ascontiguousarray(np.asarray(v))
     h.update(f"{'/'.join(k)}|{a.dtype}|{a.shape}|".encode())
     h.update(a.tobytes())
-  return h.hexdigest()
-
-
-def file_sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
   return h.hexdigest()
 
 

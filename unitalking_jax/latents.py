@@ -33,6 +33,7 @@ import numpy as np
 from grain import sources as grain_sources
 
 from shared.errors import ConfigError, DataError
+from shared.fingerprint import file_sha256
 
 FORMAT = "unitalking-latents/1"
 INDEX, PLAN = "index.json", "plan.json"
@@ -62,14 +63,6 @@ def codec_config(cfg) -> dict:
 
 def config_hash(cfg) -> str:
   return hashlib.sha256(json.dumps(codec_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def file_sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def dir_identity(path: str) -> dict:
