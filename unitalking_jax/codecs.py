@@ -199,3 +199,38 @@ class VAECodecs:
 
   def decode_audio(self, latents, seed: int = 0):
     return np.asarray(self.audio.mel_to_audio(self.vae_mel(latents), seed=seed), np.float32)
+
+
+# ------------------------------------------------------------------------------------------ reference audio
+# (one rule for training, prepared latents, sampling and both release pipelines: this module imports no JAX)
+
+def fixed_length(tokens: np.ndarray, n: int) -> np.ndarray:
+  """Reference tokens [R, D] -> [n, D] float32: the first n rows, zero rows appended when R < n (the paper's fixed
+  reference length: longer truncated, shorter padded with zeros)."""
+  t = np.asarray(tokens, np.float32)[:n]
+  return np.concatenate([t, np.zeros((n - t.shape[0],) + t.shape[1:], np.float32)]) if t.shape[0] < n else t
+
+
+def ref_audio_tokens(audio, length: int, patch: int, samples_per_latent: int, encode) -> np.ndarray:
+  """A reference voice [S] float32 at its own length -> [length, patch C] tokens: k = min(length, ceil(S /
+  (patch samples_per_latent))) tokens' worth of audio (zero-padded to it) encoded as k patch latents by
+  encode(audio, latent_count) -> [k patch, C], in patch-latent tokens, then zero rows up to `length`."""
+  x = np.asarray(audio, np.float32).reshape(-1)
+  if not x.size:
+    raise DataError("reference audio holds no samples", key="ref_audio")
+  per = int(patch) * int(samples_per_latent)
+  k = min(int(length), -(-x.shape[0] // per))
+  x = np.pad(x[:k * per], (0, max(0, k * per - x.shape[0])))
+  lat = np.asarray(encode(x, k * patch), np.float32)
+  if lat.shape[0] != k * patch:
+    raise DataError(f"reference audio encoded to {lat.shape[0]} latents, expected {k * patch}", key="ref_audio")
+  return fixed_length(lat.reshape(k, patch * lat.shape[-1]), length)
+
+
+def ref_tokens(audio: np.ndarray, patch: int, perm=None, length: int = 0) -> np.ndarray:
+  """Audio latents [Ta, Ca] -> reference tokens [Ta / patch, patch Ca] f32 (rows permuted by perm if given),
+  then with length > 0 truncated / zero-padded to [length, patch Ca] (fixed_length)."""
+  a = np.asarray(audio, np.float32)
+  r = a.reshape(a.shape[0] // patch, patch * a.shape[-1])
+  r = (r if perm is None else r[perm]).astype(np.float32)
+  return fixed_length(r, length) if length else r

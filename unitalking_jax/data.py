@@ -54,8 +54,8 @@ import numpy as np
 from shared.data.synthcue import FACE_UNIT, SynthCue, synthcue_source
 from shared.errors import ConfigError, DataError
 from shared.text.pinyin import pinyin_vocab
-from unitalking_jax.codecs import PCA, MelCodec, PixelCodec, VAECodecs, audio_latent_frames
-from unitalking_jax.release import SAMPLES_PER_FRAME, fixed_length, ref_audio_tokens
+from unitalking_jax.codecs import (PCA, SAMPLES_PER_FRAME, MelCodec, PixelCodec, VAECodecs, audio_latent_frames,
+                                   ref_audio_tokens, ref_tokens)
 
 VOCAB = pinyin_vocab()
 MEL_PER_FRAME = 4  # 16 kHz / 25 fps / hop 160
@@ -153,18 +153,9 @@ def ref_len(cfg) -> int:
   return n
 
 
-def ref_tokens(audio: np.ndarray, patch: int, perm=None, length: int = 0) -> np.ndarray:
-  """Audio latents [Ta, Ca] -> reference tokens [Ta / patch, patch Ca] f32 (rows permuted by perm if given),
-  then with length > 0 truncated / zero-padded to [length, patch Ca] (release.fixed_length)."""
-  a = np.asarray(audio, np.float32)
-  r = a.reshape(a.shape[0] // patch, patch * a.shape[-1])
-  r = (r if perm is None else r[perm]).astype(np.float32)
-  return fixed_length(r, length) if length else r
-
-
 def reference_tokens(c, cfg, audio: np.ndarray) -> np.ndarray:
   """A user's reference voice [S] float32 16 kHz -> reference tokens with the config's codecs `c`: data.ref_len
-  = 0: the first T frames' latents ([Ta / r, r Ca], as training); N > 0: release.ref_audio_tokens (its own
+  = 0: the first T frames' latents ([Ta / r, r Ca], as training); N > 0: codecs.ref_audio_tokens (its own
   length, truncated / zero-padded to N tokens) - the rule the release pipelines apply in both frameworks."""
   n, p = ref_len(cfg), ref_patch(cfg)
   if not n:

@@ -34,6 +34,7 @@ from grain import sources as grain_sources
 
 from shared.errors import ConfigError, DataError
 from shared.fingerprint import file_sha256
+from unitalking_jax.codecs import ref_tokens
 
 FORMAT = "unitalking-latents/1"
 INDEX, PLAN = "index.json", "plan.json"
@@ -138,13 +139,9 @@ def decode_record(data: bytes, text_len: int) -> dict:
 
 def own_ref(audio: np.ndarray, seed: int, index: int, patch: int = MEL_PER_FRAME, length: int = 0) -> np.ndarray:
   """data.prepare's reference: the clip's audio latents [Ta, Ca] in `patch`-frame chunks (ref_patch), permuted
-  by default_rng([seed, index]) -> [Ta / patch, patch Ca] f32; length > 0 (data.ref_len): truncated /
-  zero-padded to [length, patch Ca] (release.fixed_length)."""
-  from unitalking_jax.release import fixed_length
-  t = audio.shape[0] // patch
-  rng = np.random.default_rng([seed, int(index)])
-  r = audio.reshape(t, patch * audio.shape[-1])[rng.permutation(t)].astype(np.float32)
-  return fixed_length(r, length) if length else r
+  by default_rng([seed, index]), truncated / zero-padded to `length` tokens when > 0 (codecs.ref_tokens)."""
+  perm = np.random.default_rng([seed, int(index)]).permutation(audio.shape[0] // patch)
+  return ref_tokens(audio, patch, perm, length)
 
 
 # ------------------------------------------------------------------------------------------ statistics

@@ -49,7 +49,7 @@ Written by `python -m unitalking_jax.export --workdir W --out R [--dtype bfloat1
 Reference audio (tr2av): "_unitalking".ref_len = 0: the first T frames of the given voice encoded as the clip's
 audio latents, in ref_shape's r-latent tokens; N > 0 (data.ref_len, the paper's fixed 257): the voice at its own
 length (ref_audio_tokens: ceil(S / (r x samples per latent)) tokens, at most N), truncated / zero-padded to N
-tokens (fixed_length), identically in both frameworks.
+tokens (codecs.fixed_length), identically in both frameworks.
 
 Generation (both frameworks, same numbers for the same initial noise): the batch is built by `inputs` (here,
 numpy): text ids [1, S] + mask, the given frame / video latents, reference-audio tokens; the task follows the
@@ -74,7 +74,8 @@ import shutil
 import numpy as np
 
 from shared.errors import CheckpointError, ConfigError, DataError
-from unitalking_jax.codecs import PCA, MelCodec, PixelCodec
+from unitalking_jax.codecs import (MEL_PER_FRAME, PCA, SAMPLE_RATE, SAMPLES_PER_FRAME, MelCodec, PixelCodec,
+                                   ref_audio_tokens)
 
 PIPELINE_CLASS = "UniTalkingPipeline"
 TRANSFORMER, VIDEO_STREAM, AUDIO_STREAM = "transformer", "video_stream", "audio_stream"
@@ -82,38 +83,12 @@ REST_FILE, CONFIG_FILE, CONFIG_KEY = "unitalking_rest.safetensors", "unitalking_
 INDEX_FILE, META_KEY, PCA_FILE = "model_index.json", "_unitalking", "pca.safetensors"
 SCHEDULER_FILE = os.path.join("scheduler", "scheduler_config.json")
 TOKENIZER_FILE = os.path.join("tokenizer", "tokenizer.json")
-MEL_PER_FRAME, SAMPLES_PER_FRAME, SAMPLE_RATE = 4, 640, 16000
 TASKS = ("t2av", "tv2a", "ti2av", "tr2av")
 TASK_INPUT = {"tv2a": "video", "ti2av": "image", "tr2av": "ref_audio"}   # the one input each task needs
 SCHEDULERS = {"euler": "FlowMatchEulerDiscreteScheduler", "unipc": "UniPCMultistepScheduler"}
 SAMPLING_KEY = "_sampling"   # in scheduler_config.json: private to diffusers (its from_config skips "_" keys)
 SAMPLING_KEYS = ("sampler", "num_inference_steps", "guidance_scale", "ref_guidance_scale")
 BIGVGAN_FILE = "bigvgan_generator.pt"   # vocoder/ in NVIDIA's layout (with config.json)
-
-
-# ------------------------------------------------------------------------------------------------ reference audio
-
-def fixed_length(tokens: np.ndarray, n: int) -> np.ndarray:
-  """Reference tokens [R, D] -> [n, D] float32: the first n rows, zero rows appended when R < n (the paper's fixed
-  reference length: longer truncated, shorter padded with zeros)."""
-  t = np.asarray(tokens, np.float32)[:n]
-  return np.concatenate([t, np.zeros((n - t.shape[0],) + t.shape[1:], np.float32)]) if t.shape[0] < n else t
-
-
-def ref_audio_tokens(audio, length: int, patch: int, samples_per_latent: int, encode) -> np.ndarray:
-  """A reference voice [S] float32 at its own length -> [length, patch C] tokens: k = min(length, ceil(S /
-  (patch samples_per_latent))) tokens' worth of audio (zero-padded to it) encoded as k patch latents by
-  encode(audio, latent_count) -> [k patch, C], in patch-latent tokens, then zero rows up to `length`."""
-  x = np.asarray(audio, np.float32).reshape(-1)
-  if not x.size:
-    raise DataError("reference audio holds no samples", key="ref_audio")
-  per = int(patch) * int(samples_per_latent)
-  k = min(int(length), -(-x.shape[0] // per))
-  x = np.pad(x[:k * per], (0, max(0, k * per - x.shape[0])))
-  lat = np.asarray(encode(x, k * patch), np.float32)
-  if lat.shape[0] != k * patch:
-    raise DataError(f"reference audio encoded to {lat.shape[0]} latents, expected {k * patch}", key="ref_audio")
-  return fixed_length(lat.reshape(k, patch * lat.shape[-1]), length)
 
 
 # ------------------------------------------------------------------------------------------------ writing

@@ -346,7 +346,7 @@ def test_reference_length_rule_and_vocoder_checks(smoke, tmp_path):
   """data.ref_len = N: a long reference gives N tokens (its first N x 512 samples encoded), a short one its own
   ceil(S / 512) tokens then zero rows; training refs are the clip's permuted latents then zeros; ref_len 0 keeps
   the clip's own count. A vocoder whose mel differs from the codec's, or one with the PCA codecs, is refused."""
-  from unitalking_jax.release import fixed_length
+  from unitalking_jax.codecs import fixed_length
   _, c = smoke
   c = c.copy_and_resolve_references()
   codecs = data_lib.codecs(c)
