@@ -273,16 +273,10 @@ def sign_features_dir(data) -> str:
   return os.path.expanduser(str(data.get("sign_features", "") or ""))
 
 
-def _model_config(cfg):
-  from shared import config as config_lib
-  from trimodal_jax.model import TriModalConfig
-  return config_lib.from_section(TriModalConfig, cfg.model, "model")
-
-
 def sign_dim(cfg) -> int:
-  """Ds: the sign encoder's feature width (model.sign: embed_dim * 2^(stages - 1))."""
-  c = cfg.model.sign
-  return int(c.embed_dim) * 2 ** (len(c.depths) - 1)
+  """Ds: the sign encoder's feature width (TriModalConfig.widths()["sign"])."""
+  from trimodal_jax.model import model_from_config
+  return int(model_from_config(cfg).config.widths()["sign"])
 
 
 def sign_steps(cfg, n_frames: int) -> int:

@@ -107,8 +107,7 @@ def input_shapes(cfg, b: int, t: int) -> dict:
   modality in model.precomputed its encoder's features [b, T_m, D_m] float32 (module docstring)."""
   d = cfg.data
   pre = tuple(cfg.model.get("precomputed", ()) or ())
-  m_cfg = data_lib._model_config(cfg)
-  w = m_cfg.widths()
+  w = model_from_config(cfg).config.widths()
   out = {"sign": ((b, t, int(d.sign_size), int(d.sign_size), 3), jnp.uint8),
          "lip": ((b, t, int(d.crop), int(d.crop)), jnp.uint8),
          "audio": ((b, data_lib.MELS_PER_FRAME * t, int(d.n_mels)), jnp.float32)}
