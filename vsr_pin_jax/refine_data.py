@@ -326,8 +326,14 @@ def load_refiner_tokenizer(path: str = ""):
 STAGE_ERROR = {"early": 0.45, "middle": 0.25, "late": 0.1}   # per-character substitution rate of a hypothesis
 
 
+_CONFUSIONS: dict = {}
+
+
 def _confusions(world):
-  """Per char id: (homophones: other chars of its syllable, look-alikes: chars of lip-identical syllables)."""
+  """(cached per world) Per char id: (homophones: other chars of its syllable, look-alikes: chars of lip-identical
+  syllables)."""
+  if id(world) in _CONFUSIONS and _CONFUSIONS[id(world)][0] is world:
+    return _CONFUSIONS[id(world)][1]
   from shared.data.synthcue_phonology import syllable_lip_signature
   sig = [syllable_lip_signature(s) for s in world.syllables]
   homo, look = [], []
@@ -337,6 +343,7 @@ def _confusions(world):
                  and sig[world.char_syllable[d]] == sig[s]])
   lips = [[t for t in range(len(world.syllables)) if t != s and sig[t] == sig[s]]
           for s in range(len(world.syllables))]
+  _CONFUSIONS[id(world)] = (world, (homo, look, lips))
   return homo, look, lips
 
 
@@ -392,22 +399,27 @@ def synthetic_records(source, n: int, *, seed: int = 0, nbest: int = 3, start: i
 
 
 def main(argv=None) -> int:
-  """python -m vsr_pin_jax.refine_data --out DIR [--train N] [--eval N] [--nbest K] [--seed S] [--lexicon_size L]
-  writes DIR/train.jsonl (SynthCue train split) and DIR/eval.jsonl (held-out `test` split)."""
+  """python -m vsr_pin_jax.refine_data --out DIR [--train N] [--eval N] [--nbest K] [--seed S] [--config C]
+  writes DIR/train.jsonl (SynthCue train split) and DIR/eval.jsonl (held-out `test` split) in the SynthCue world
+  of config C's data section (default configs/vsr_pin/tiny.py: the lip reader's world)."""
   import argparse
+  import importlib.util
 
-  from shared.data.synthcue import SynthCue
+  from shared.data.synthcue import synthcue_source
   ap = argparse.ArgumentParser(description=main.__doc__)
   ap.add_argument("--out", required=True)
   ap.add_argument("--train", type=int, default=2000)
   ap.add_argument("--eval", type=int, default=200)
   ap.add_argument("--nbest", type=int, default=3)
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--lexicon_size", type=int, default=44)
+  ap.add_argument("--seed", type=int, default=0, help="noise seed")
+  ap.add_argument("--config", default="configs/vsr_pin/tiny.py", help="a config whose data section names the world")
   a = ap.parse_args(argv)
+  spec = importlib.util.spec_from_file_location("_world_config", a.config)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  data = mod.get_config().data
   for split, n, name in (("train", a.train, "train.jsonl"), ("test", a.eval, "eval.jsonl")):
-    src = SynthCue(seed=a.seed, split=split, num_samples=max(n, 1), mode="speech", lexicon_size=a.lexicon_size,
-                   render_video=False, render_audio=False)
+    src = synthcue_source(data, split, "speech", num_samples=max(n, 1), render_video=False, render_audio=False)
     path = os.path.join(a.out, name)
     write_records(path, synthetic_records(src, n, seed=a.seed, nbest=a.nbest))
     print(f"{path}: {n} records")

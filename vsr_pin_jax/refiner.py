@@ -154,27 +154,37 @@ def check_base(model: LLM, path: str) -> None:
 # --------------------------------------------------------------------------- data
 
 class _Sentences:
-  """Random access over the sentences of a SynthCue source (cheap: words only, no rendering); a share `repeat` of
-  them (drawn per index) is to be rendered twice (refine_data.encode_sentence)."""
+  """Random access over the pretraining examples of a SynthCue source (cheap: words only, no rendering). Per index
+  one draw decides the kind: with probability `instruct` a generic correction record (refine_data.synthetic_records:
+  the sentence with random homophone / look-alike substitutions - synthetic noise, never a stage-1 model's errors:
+  the stand-in for the instruction following a pretrained Instruct LLM brings), else with probability `repeat` the
+  sentence rendered twice, else the sentence once. -> {"text", "repeat"} or {"record"}."""
 
-  def __init__(self, src, repeat: float = 0.0):
-    self.src, self.repeat = src, float(repeat)
+  def __init__(self, src, repeat: float = 0.0, instruct: float = 0.0, nbest: int = 3):
+    self.src, self.repeat, self.instruct, self.nbest = src, float(repeat), float(instruct), int(nbest)
 
   def __len__(self):
     return len(self.src)
 
   def __getitem__(self, i):
+    u = np.random.default_rng([self.src.config.seed, 31, int(i)]).random()
+    if u < self.instruct:
+      return {"record": rd.synthetic_records(self.src, 1, seed=self.src.config.seed, nbest=self.nbest,
+                                             start=int(i))[0]}
     chars, _ = self.src.sentence(int(i))
-    twice = self.repeat > 0 and np.random.default_rng([self.src.config.seed, 31, int(i)]).random() < self.repeat
+    twice = u < self.instruct + self.repeat
     return {"text": "".join(self.src.world.chars[c] for c in chars), "repeat": 2 if twice else 1}
 
 
-def sentence_source(cfg, split: str, repeat: float = 0.0):
+def sentence_source(cfg, split: str, repeat: float = 0.0, instruct: float = 0.0):
   from shared.data.synthcue import synthcue_source
-  return _Sentences(synthcue_source(cfg.data, split, "speech", render_video=False, render_audio=False), repeat)
+  return _Sentences(synthcue_source(cfg.data, split, "speech", render_video=False, render_audio=False), repeat,
+                    instruct, int(cfg.data.get("nbest", 3)))
 
 
-def _encode_text(tokenizer, max_len: int, sample: dict) -> dict:
+def _encode_text(tokenizer, max_len: int, sample: dict, nbest: int | None = None) -> dict:
+  if "record" in sample:
+    return rd.encode_record(tokenizer, sample["record"], max_len, nbest=nbest)
   return rd.encode_sentence(tokenizer, sample["text"], max_len, sample.get("repeat", 1))
 
 
@@ -267,8 +277,9 @@ def make_task(cfg) -> train_lib.Task:
       src = rd.read_records(os.path.expanduser(d.train_records))
       fn = functools.partial(rd.encode_record, tokenizer, max_len=max_len, nbest=nbest)
     else:
-      src = sentence_source(cfg, "train", float(d.get("pretrain_repeat", 0.0)))
-      fn = functools.partial(_encode_text, tokenizer, max_len)
+      src = sentence_source(cfg, "train", float(d.get("pretrain_repeat", 0.0)),
+                            float(d.get("pretrain_instruct", 0.0)))
+      fn = functools.partial(_encode_text, tokenizer, max_len, nbest=nbest)
     return make_iterator(src, stack, batch_size=per_host, seed=cfg.trainer.seed, map_fn=fn,
                          workers=int(d.get("workers", 0)))
 

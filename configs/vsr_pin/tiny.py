@@ -14,6 +14,10 @@ import ml_collections
 from shared.config import model_section, trainer_config
 from vsr_pin_jax.model import VallrPinConfig
 
+# The SynthCue world (lexicon, word classes, speakers, sentence grammar) of the tiny configs: the refiner
+# (refine_tiny.py) reads the same one, so its language is the lip reader's.
+WORLD = dict(seed=0, lexicon_size=24, max_homophones=3, n_speakers=8, n_test_speakers=2, clauses=(1, 1))
+
 
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
@@ -22,8 +26,7 @@ def get_config(arg: str = ""):
       optimizer=dict(learning_rate=2e-3, weight_decay=0.01), schedule=dict(warmup_steps=200),
       checkpoint=dict(every_steps=500, keep=10), precision=dict(compute_dtype="float32"))
   c.data = ml_collections.ConfigDict(dict(
-      source="synthcue", seed=0, num_samples=100_000, lexicon_size=24, max_homophones=3, n_speakers=8,
-      n_test_speakers=2, clauses=(1, 1), lip_size=28, crop=24, time_mask_stride=25, time_mask_width=5,
+      source="synthcue", **WORLD, num_samples=100_000, lip_size=28, crop=24, time_mask_stride=25, time_mask_width=5,
       frame_buckets=(32, 48, 64, 96), label_buckets=(4, 8, 12, 16), eval_samples=128,
       # cnvsrc: root (the dataset directory), dataset name, char_units.txt path, split names
       root="", dataset="cnvsrc", char_units="", eval_split="test"))

@@ -146,6 +146,38 @@ def test_record_files_roundtrip_and_errors_name_file_line_key(tmp_path):
     refiner.make_task(cfg)
 
 
+def test_pretrain_mix_sentences_repeats_and_generic_correction_records(tmp_path):
+  """The stand-in's pretraining draws, per index and reproducibly, a generic correction record (synthetic noise on
+  that index's sentence), the sentence twice, or once, in the configured shares; the refiner's SynthCue world is
+  the lip reader's."""
+  from configs.vsr_pin import tiny as stage1
+  base = get_config("pretrain").data
+  assert all(base[k] == v == stage1.get_config().data[k] for k, v in stage1.WORLD.items())
+  cfg = tiny("pretrain", 10)
+  src = refiner.sentence_source(cfg, "train", repeat=0.25, instruct=0.5)
+  got = [src[i] for i in range(400)]
+  assert [src[i] for i in (3, 7)] == [got[3], got[7]]
+  recs = [g["record"] for g in got if "record" in g]
+  twice = [g for g in got if g.get("repeat") == 2]
+  assert abs(len(recs) / 400 - 0.5) < 0.08 and abs(len(twice) / 400 - 0.25) < 0.07
+  tok = rd.synthcue_tokenizer()
+  for i, g in enumerate(got[:40]):
+    truth = "".join(src.src.world.chars[c] for c in src.src.sentence(i)[0])
+    e = refiner._encode_text(tok, MAX_LEN, g, nbest=3)
+    assert rd.decode_answer(tok, e["labels"][e["labels"] != -100]) == truth * g.get("repeat", 1)
+    if "record" in g:
+      assert g["record"]["truth"] == truth and len(g["record"]["nbest"]) == 3
+      np.testing.assert_array_equal(e["input_ids"], rd.encode_record(tok, g["record"], MAX_LEN, nbest=3)["input_ids"])
+  assert any(r["nbest"][0] != r["truth"] for r in recs)
+  assert not any("record" in g for g in (refiner.sentence_source(cfg, "train", 0.25)[i] for i in range(50)))
+  # the command-line synthetic records: the lip reader's world (the tiny config's data section) by default
+  out = str(tmp_path / "syn")
+  assert rd.main(["--out", out, "--train", "4", "--eval", "2"]) == 0
+  lip = refiner.sentence_source(stage1.get_config(), "train")
+  assert [r["truth"] for r in rd.read_records(os.path.join(out, "train.jsonl"))] == [lip[i]["text"] for i in range(4)]
+  assert len(rd.read_records(os.path.join(out, "eval.jsonl"))) == 2
+
+
 # --------------------------------------------------------------------------- runs
 
 @pytest.fixture(scope="module")
