@@ -7,6 +7,10 @@ Sources (config `data.source`):
   cnvsrc    a CNVSRC / CN-CVS directory (auto_avsr manifests labels/<dataset>_<split>.csv pointing at
             mouth-ROI mp4s, 96x96 at 25 fps), read by `shared.data.layouts.cnvsrc_reader` with skip=True:
             bad clips are dropped and counted by the reader (file named in its log).
+  cmlr      a CMLR directory (split lists train/val/test.csv, text/<id>.txt; `data.video_dir` the tree of
+            mouth-ROI crops of its face videos, e.g. "video_roi"), `shared.data.layouts.cmlr_reader`, skip=True.
+            Characters: `data.char_units` when given, else every character of the training split's
+            transcripts (sorted; the export's token list keeps them).
 
 Example (host side, numpy; `prepare`): lips [T, crop, crop] uint8, chars [N] int32, pinyin [M] int32.
 ROI as auto_avsr: train = one random crop per clip + time masking (one span of up to
@@ -23,6 +27,7 @@ toneless syllables of shared/text/pinyin_vocab.txt with the same specials.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 
@@ -30,14 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from shared.data import augment
-from shared.data.layouts import cnvsrc_reader
+from shared.data.layouts import cmlr_reader, cnvsrc_reader
 from shared.data.pipeline import collate_fn, make_iterator
 from shared.data.synthcue import synthcue_source
 from shared.errors import ConfigError, DataError
 from shared.text.pinyin import Vocab, pinyin_vocab
 
 log = logging.getLogger(__name__)
-SOURCES = ("synthcue", "cnvsrc")
+SOURCES = ("synthcue", "cnvsrc", "cmlr")
 _FOREIGN_SPECIALS = {"<blank>", "<unk>", "<sos/eos>", "<sos>", "<eos>", "<pad>", "<s>", "</s>", "<space>"}
 
 
@@ -72,9 +77,22 @@ def vocabs(data) -> Vocabs:
     chars = synthcue_source(data, "train", "speech").char_vocab()
   elif data.source == "cnvsrc":
     chars = load_char_units(data.char_units)
+  elif data.source == "cmlr":
+    chars = (load_char_units(data.char_units) if data.char_units
+             else transcript_units(data.root, data.get("video_dir", "video")))
   else:
     raise ConfigError(f"data.source={data.source!r}: expected one of {SOURCES}")
   return Vocabs(chars=chars, pinyin=pinyin_vocab())
+
+
+@functools.lru_cache(maxsize=4)
+def transcript_units(root: str, video_dir: str = "video") -> Vocab:
+  """Every character of a CMLR training split's transcripts (of the clips present), sorted; no video is decoded."""
+  reader = cmlr_reader(root, "train", video_dir=video_dir, skip=True, load_video=False)
+  chars = sorted({c for e in reader.entries for c in "".join(e["text"].split())})
+  if not chars:
+    raise DataError("the training split has no transcript characters", path=root, key="data.root")
+  return Vocab(chars)
 
 
 def source(data, split: str):
@@ -83,6 +101,8 @@ def source(data, split: str):
     return synthcue_source(data, split, "speech", render_video=False, render_audio=False)
   if data.source == "cnvsrc":
     return cnvsrc_reader(data.root, split, dataset=data.dataset, skip=True, load_video=False)
+  if data.source == "cmlr":
+    return cmlr_reader(data.root, split, video_dir=data.get("video_dir", "video"), skip=True, load_video=False)
   raise ConfigError(f"data.source={data.source!r}: expected one of {SOURCES}")
 
 

@@ -8,6 +8,10 @@ decoder are this config's choices (say so when comparing). Characters: CNVSRC's 
 4 specials); pinyin: the 396 toneless syllables (+ 4 specials; the paper counts 397 units).
   python -m vsr_pin_jax.train --config configs/vsr_pin/cnvsrc.py --workdir W \
       --config.data.root=/data/cnvsrc --config.data.char_units=/data/cnvsrc/char_units.txt
+`:cmlr` (or `:cmlr,char_only`): the same model on CMLR (split lists train / val / test.csv; `data.video_dir` = the
+tree of 96x96 mouth-ROI crops of CMLR's face videos, made as auto_avsr prepares LRS3; characters from the training
+transcripts unless data.char_units names a list):
+  python -m vsr_pin_jax.train --config configs/vsr_pin/cnvsrc.py:cmlr --workdir W --config.data.root=/data/CMLR
 Weights from an earlier run or a converted checkpoint enter through init entries, e.g. the front end:
   --config.init.frontend.path=DIR   (a conv3d_resnet directory from vsr_pin_jax.export / shared.weights)
 """
@@ -19,7 +23,13 @@ from shared.weights.init import init_entry
 from vsr_pin_jax.model import VallrPinConfig
 
 
+VARIANTS = ("char_only", "cmlr")
+
+
 def get_config(arg: str = ""):
+  parts = [p for p in arg.split(",") if p]
+  if any(p not in VARIANTS for p in parts):
+    raise ValueError(f"configs/vsr_pin/cnvsrc.py: unknown variant {arg!r} (expected a comma list of {VARIANTS})")
   c = tiny_config()
   c.trainer.update(dict(total_steps=150_000, batch_size=64, log_every=100, eval_every=5000, sample_every=5000))
   c.trainer.optimizer.update(dict(learning_rate=1e-3, weight_decay=0.03))
@@ -41,11 +51,11 @@ def get_config(arg: str = ""):
                    kernel_size=11, sanm_shfit=None, dtype=t.precision.get_ref("compute_dtype"),
                    remat_policy=t.get_ref("remat")),
       pinyin_decoder=dict(layers=3, heads=8, ffn_dim=2048, max_len=160),
-      pinyin=arg != "char_only")
-  if arg == "char_only":
+      pinyin="char_only" not in parts)
+  if "char_only" in parts:
     c.loss.alpha = 1.0
-  elif arg:
-    raise ValueError(f"configs/vsr_pin/cnvsrc.py: unknown variant {arg!r} (expected '' or 'char_only')")
+  if "cmlr" in parts:
+    c.data.update(dict(source="cmlr", dataset="cmlr", video_dir="video_roi", eval_split="val"))
   c.decode.update(dict(beam=10, nbest=5, ctc_weight=0.3))
   c.init = ml_collections.ConfigDict(dict(frontend=init_entry(prefix="frontend")))
   return c

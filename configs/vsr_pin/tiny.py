@@ -28,8 +28,8 @@ def get_config(arg: str = ""):
   c.data = ml_collections.ConfigDict(dict(
       source="synthcue", **WORLD, num_samples=100_000, lip_size=28, crop=24, time_mask_stride=25, time_mask_width=5,
       frame_buckets=(32, 48, 64, 96), label_buckets=(4, 8, 12, 16), eval_samples=128,
-      # cnvsrc: root (the dataset directory), dataset name, char_units.txt path, split names
-      root="", dataset="cnvsrc", char_units="", eval_split="test"))
+      # cnvsrc / cmlr: root (the dataset directory), dataset name, char_units.txt path, the mouth-ROI tree (cmlr)
+      root="", dataset="cnvsrc", char_units="", video_dir="video", eval_split="test"))
   t = c.trainer
   c.model = model_section(
       VallrPinConfig,

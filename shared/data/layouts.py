@@ -20,6 +20,11 @@ Layouts (root = the dataset directory a user points at):
             hand_position_path holds pose keypoints [T,K,3] (.npy); hand_recog_path per-frame hand-shape
             labels [T] (.npy, -1 before the first cue) when the samples carry SynthCue's cue truth.
             (The exact content of these two files in the public loader is unverified.)
+  CMLR      {video,audio,text}/s<N>/<date>/<clip>.{mp4,wav,txt} + split lists train.csv / val.csv / test.csv
+            (one clip id s<N>/<date>/<clip> per line, first column; a header line is allowed); the sentence
+            is the first non-empty line of the .txt, whitespace removed. `video_dir` names the directory
+            holding the clips the reader decodes (CMLR ships face videos: point it at their mouth-ROI crops,
+            e.g. "video_roi", for lip reading). SPECS.md marks this layout unverified.
 
 Side files our writers add so that SynthCue round-trips (readers use them when present, real data
 works without them): <stem>.wav (exact float audio), <stem>_lip.mp4 / <stem>_video.mp4 (the visual
@@ -599,3 +604,80 @@ def cnvsrc_reader(root: str, split: str, *, dataset: str = "cnvsrc", vts: bool =
 
 def cued_reader(root: str, split: str, *, dataset: str = "cued", **kw) -> ManifestReader:
   return ManifestReader(root, _labels(root, dataset, split), fmt="cued", **kw)
+
+
+# ----------------------------------------------------------------------------- CMLR
+
+CMLR_SPLITS = {"train": "train", "validation": "val", "val": "val", "dev": "val", "test": "test"}
+
+
+def cmlr_split_csv(root: str, split: str) -> str:
+  return os.path.join(root, f"{CMLR_SPLITS.get(split, split)}.csv")
+
+
+def write_cmlr(root: str, split: str, samples: Iterable[dict], *, video_dir: str = "video", date: str = "20170121",
+               crf: int = 18) -> list[str]:
+  """Write the CMLR layout (module doc): the `lip` stream as the main clip when samples carry one (a mouth-ROI
+  tree, as a lip reader reads it), the sentence as the text file's first line, the split list."""
+  ids, paths, counts = [], [], collections.Counter()
+  for s in samples:
+    spk = f"s{int(s.get('speaker', 0)) + 1}"
+    k = counts[spk]
+    counts[spk] += 1
+    t = len(s["lip"] if s.get("lip") is not None else s["video"]) / float(s.get("fps", 25))
+    clip = f"{spk}/{date}/section_{k // 10 + 1}_{3.0 * k:06.2f}_{3.0 * k + t:06.2f}"
+    mp4 = os.path.join(root, video_dir, clip + ".mp4")
+    _check_text(s["text"], cmlr_split_csv(root, split))
+    write_clip(mp4, s, wav_path=os.path.join(root, "audio", clip + ".wav"),
+               primary="lip" if s.get("lip") is not None else "video", crf=crf)
+    _write_text(os.path.join(root, "text", clip + ".txt"), s["text"])
+    ids.append(clip)
+    paths.append(mp4)
+  with open(cmlr_split_csv(root, split), "w", encoding="utf-8") as f:
+    f.write("".join(c + "\n" for c in ids))
+  return paths
+
+
+def read_cmlr_text(path: str) -> str:
+  """The sentence of a CMLR .txt: its first non-empty line, whitespace removed ("" when there is none)."""
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        return "".join(line.split())
+  return ""
+
+
+class CMLRReader(LayoutReader):
+  """CMLR: the clips of a split list, transcripts from text/<id>.txt, audio from audio/<id>.wav (or the mp4)."""
+  chinese = True
+
+  def __init__(self, root: str, split: str = "test", *, video_dir: str = "video", primary: str = "lip", **kw):
+    super().__init__(**kw)
+    csv_path = cmlr_split_csv(root, split)
+    if not os.path.isfile(csv_path):
+      raise DataError(f"CMLR split list does not exist (expected {os.path.basename(csv_path)} in the dataset "
+                      f"root; splits {sorted(set(CMLR_SPLITS.values()))})", path=csv_path)
+    with open(csv_path, encoding="utf-8", newline="") as f:
+      rows = [r for r in csv.reader(f) if r and r[0].strip()]
+    ids: dict[str, int] = {}
+
+    def make(i, clip):
+      if clip.count("/") < 1 or clip.endswith(".mp4"):
+        raise _err("malformed", f"line {i + 1}: {clip!r} is not a clip id s<N>/<date>/<clip>", csv_path)
+      txt = os.path.join(root, "text", clip + ".txt")
+      if not os.path.isfile(txt):
+        raise _err("missing", "transcript file does not exist", txt)
+      e = _Entry(mp4=os.path.join(root, video_dir, clip + ".mp4"), wav=os.path.join(root, "audio", clip + ".wav"),
+                 text=read_cmlr_text(txt), text_path=txt, row=i + 1)
+      e["speaker"] = _speaker_from(clip.split("/")[0], ids)
+      e["primary"] = primary
+      return e
+    for i, r in enumerate(rows):
+      clip = r[0].strip()
+      if i == 0 and not _SPEAKER.match(clip):
+        continue   # a header line
+      self._add(lambda i=i, clip=clip: make(i, clip))
+
+
+def cmlr_reader(root: str, split: str, **kw) -> CMLRReader:
+  return CMLRReader(root, split, **kw)

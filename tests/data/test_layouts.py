@@ -62,6 +62,7 @@ LAYOUTS = {
     "cnvsrc_vts": (lambda r, s: L.write_cnvsrc(r, "dev", s),
                    lambda r, **k: L.cnvsrc_reader(r, "dev", vts=True, **k), True),
     "cued": (lambda r, s: L.write_cued(r, "train", s), lambda r, **k: L.cued_reader(r, "train", **k), True),
+    "cmlr": (lambda r, s: L.write_cmlr(r, "train", s), lambda r, **k: L.cmlr_reader(r, "train", **k), True),
 }
 
 
@@ -191,7 +192,8 @@ def _break(kind, name, root, by_path):
     open(victim, "wb").write(data[: len(data) // 3])
     return victim, False
   if kind == "sample_rate":
-    wav = victim.replace("/video/", "/audio/")[:-4] + ".wav" if name.startswith("cnvsrc") else stem + ".wav"
+    wav = (victim.replace("/video/", "/audio/")[:-4] + ".wav" if name.startswith(("cnvsrc", "cmlr"))
+           else stem + ".wav")
     x, _ = media.read_wav(wav)
     media.write_wav(wav, media.resample(x, 16000, 8000), 8000)
     return wav, False
@@ -216,7 +218,7 @@ def _break(kind, name, root, by_path):
           r[4] = ""
       csv.writer(open(csv_path, "w", newline=""), lineterminator="\n").writerows(rows)
       return csv_path, True
-    txt = victim.replace("/video/", "/text/")[:-4] + ".txt" if name == "cnvsrc" else stem + ".txt"
+    txt = victim.replace("/video/", "/text/")[:-4] + ".txt" if name in ("cnvsrc", "cmlr") else stem + ".txt"
     open(txt, "w").write("\n")
     return txt, True
   if kind == "frame_count":
@@ -228,9 +230,10 @@ def _break(kind, name, root, by_path):
           r[5] = f"{float(r[5]) + 1.0:.2f}"
       csv.writer(open(csv_path, "w", newline=""), delimiter="\t", lineterminator="\n").writerows(rows)
       return victim, False
-    if name == "lrs3":  # no frame counts in LRS3: the lip side file disagrees with the video
-      media.write_mp4(stem + "_lip.mp4", np.zeros((3, 24, 24), np.uint8))
-      return stem + "_lip.mp4", False
+    if name in ("lrs3", "cmlr"):  # no frame counts in these layouts: the side file disagrees with the main clip
+      side = stem + ("_video.mp4" if name == "cmlr" else "_lip.mp4")
+      media.write_mp4(side, np.zeros((3, 24, 24), np.uint8))
+      return side, False
     csv_path = os.path.join(root, "labels", {"cnvsrc": "cnvsrc_dev.csv", "cnvsrc_vts": "cnvsrc_dev_vts.csv",
                                               "cued": "cued_train.csv"}[name])
     rows = list(csv.reader(open(csv_path)))
@@ -283,3 +286,35 @@ def test_missing_required_wav_and_hand_file(written, tmp_path):
   r = L.cued_reader(root, "train", skip=True)
   assert len(r) == 1 and r.skipped == {"missing": 2}
   check_same(by_path[sorted(by_path)[1]], r[0])
+
+
+def test_cmlr_split_lists_transcripts_and_roi_directory(tmp_path):
+  """CMLR: split aliases, a header line, the text file's first line (spaces dropped), a mouth-ROI tree read through
+  video_dir, and bad lists / transcripts named."""
+  root = str(tmp_path / "cmlr")
+  s = make_samples(2, seed=5, chinese=True)
+  paths = L.write_cmlr(root, "validation", s, video_dir="video_roi")
+  assert os.path.isfile(os.path.join(root, "val.csv")) and all("/video_roi/s" in p for p in paths)
+  clip = os.path.relpath(paths[0], os.path.join(root, "video_roi"))[:-4]
+  txt = os.path.join(root, "text", clip + ".txt")
+  open(txt, "w", encoding="utf-8").write(f"\n {s[0]['text'][:1]} {s[0]['text'][1:]} \nword timings 0.1 0.2\n")
+  with open(os.path.join(root, "val.csv"), encoding="utf-8") as f:
+    lines = f.read()
+  open(os.path.join(root, "val.csv"), "w", encoding="utf-8").write("id\n" + lines)
+  got = list(L.cmlr_reader(root, "dev", video_dir="video_roi"))
+  assert [g["text"] for g in got] == [x["text"] for x in s] and got[0]["lip"].shape == s[0]["lip"].shape
+  with pytest.raises(DataError, match="does not exist") as e:   # the default tree is not there
+    L.cmlr_reader(root, "val")
+  assert e.value.path.endswith(".mp4")
+  with pytest.raises(DataError, match="split list") as e:
+    L.cmlr_reader(root, "test")
+  assert e.value.path == os.path.join(root, "test.csv")
+  os.remove(txt)
+  r = L.cmlr_reader(root, "val", video_dir="video_roi", skip=True)
+  assert len(r) == 1 and r.skipped == {"missing": 1} and r.skipped_files[0][0] == txt
+  open(txt, "w", encoding="utf-8").write(s[0]["text"] + "\n")
+  open(os.path.join(root, "val.csv"), "a", encoding="utf-8").write("s1/bad.mp4\n")
+  with pytest.raises(DataError, match="line 4: 's1/bad.mp4' is not a clip id") as e:
+    L.cmlr_reader(root, "val", video_dir="video_roi")
+  assert e.value.path == os.path.join(root, "val.csv")
+  assert len(L.cmlr_reader(root, "val", video_dir="video_roi", skip=True)) == 2

@@ -192,3 +192,43 @@ def test_paper_config_builds_resnet50_sanm_from_char_units(tmp_path):
   assert 23e6 < front < 24e6, front          # ResNet-50 trunk (23.5M) with a 1-channel 5x7x7 stem
   assert 60e6 < n < 120e6, n
   assert cfg.init.frontend.prefix == "frontend"
+
+
+def test_cmlr_source_feeds_the_same_batch(tmp_path):
+  """data.source=cmlr: a CMLR tree the project writes (SynthCue lips as the mouth-ROI clips) gives the same
+  examples as the corpus it came from; characters from the training transcripts; a broken clip is skipped and
+  counted; `cnvsrc.py:cmlr` points the paper-size config at that layout."""
+  from configs.vsr_pin.cnvsrc import get_config as paper_config
+  from shared.data.layouts import write_cmlr
+  cfg = micro_config()
+  src = data_lib.source(cfg.data, "train")
+  samples = [src[i] for i in range(6)]
+  root = str(tmp_path / "CMLR")
+  paths = write_cmlr(root, "train", samples, video_dir="video_roi")
+  write_cmlr(root, "test", samples[:2], video_dir="video_roi", date="20170301")
+  real = micro_config()
+  real.data.update(dict(source="cmlr", root=root, video_dir="video_roi"))
+  vocab = data_lib.vocabs(real.data)
+  assert vocab.chars.tokens[4:] == sorted({c for s in samples for c in s["text"]})
+  ours = data_lib.source(real.data, "train")
+  for a, b in zip(samples, (ours[i] for i in range(6))):
+    ea = data_lib.prepare(a, None, data=cfg.data, vocab=vocab)
+    eb = data_lib.prepare(b, None, data=real.data, vocab=vocab)
+    np.testing.assert_array_equal(ea["chars"], eb["chars"])
+    np.testing.assert_array_equal(ea["pinyin"], eb["pinyin"])
+    assert eb["lips"].shape == ea["lips"].shape
+    assert np.abs(eb["lips"].astype(float) - ea["lips"]).mean() < 6   # h264 round trip
+  (batch, truths), = list(data_lib.eval_batches(real.data, vocab, "test", 8, 4))
+  assert [t[0] for t in truths] == [s["text"] for s in samples[:2]] and batch["lips"].shape[0] == 4
+  with open(paths[1], "r+b") as f:
+    f.truncate(200)
+  it = data_lib.train_iterator(real.data, vocab, batch_size=2, seed=0)
+  got = [next(it) for _ in range(3)]
+  assert all(g["lips"].shape[0] == 2 for g in got)
+  broken = data_lib.source(real.data, "train")
+  assert [broken[i] is None for i in range(6)] == [i == 1 for i in range(6)]
+  assert broken.skipped == {"undecodable": 1} and broken.skipped_files[0][0] == paths[1]
+  paper = paper_config("cmlr,char_only")
+  assert (paper.data.source, paper.data.eval_split, paper.model.pinyin, paper.loss.alpha) == ("cmlr", "val", False, 1.0)
+  with pytest.raises(ValueError, match="unknown variant"):
+    paper_config("cmrl")
