@@ -2,6 +2,7 @@
 
   PYTHONPATH=. python benchmarks/vsr_pin_table.py --out W            # resumable: finished runs are kept
   PYTHONPATH=. python benchmarks/vsr_pin_table.py --out W --report   # the table from W/table.jsonl only
+  PYTHONPATH=. python benchmarks/vsr_pin_table.py --out W --big      # + the larger refiner stand-in's rows
 
 Chain (configs/vsr_pin/tiny.py and refine_tiny.py; their default step counts unless --steps says otherwise):
   per seed s in --seeds:
@@ -60,27 +61,35 @@ def _train(module: str, config: str, workdir: str, steps: int, extra=()):
     _run(["-m", module, "--config", config, "--workdir", workdir, *extra, f"--config.trainer.total_steps={steps}"])
 
 
-def chain(out: str, seeds: list[int], steps: dict, records: int):
+# refiner stand-ins: "" = refine_tiny.py as it is (3 layers, d 64, 0.24M), "_big" = the capacity check (--big)
+REFINERS = {"": (), "_big": ("--config.model.hidden_size=128", "--config.model.intermediate_size=384",
+                             "--config.model.num_layers=4", "--config.model.head_dim=32")}
+
+
+def chain(out: str, seeds: list[int], steps: dict, records: int, sizes=("",)):
   for s in seeds:
     for name, cfg in (("char", "configs/vsr_pin/tiny.py:char_only"), ("dual", "configs/vsr_pin/tiny.py")):
       _train("vsr_pin_jax.train", cfg, os.path.join(out, f"{name}_s{s}"), steps["stage1"],
              (f"--config.trainer.seed={s}", *STAGE1_FLAGS))
-  lm, base = os.path.join(out, "lm"), os.path.join(out, "lm_base")
-  _train("vsr_pin_jax.train_refiner", "configs/vsr_pin/refine_tiny.py:pretrain", lm, steps["pretrain"])
-  if not os.path.isfile(os.path.join(base, "config.json")):
-    _run(["-m", "vsr_pin_jax.refiner", "--workdir", lm, "--out", base])
-  for s in seeds:
-    dual, rdir = os.path.join(out, f"dual_s{s}"), os.path.join(out, f"refine_s{s}")
-    train_rec, eval_rec = os.path.join(rdir, "train.jsonl"), os.path.join(rdir, "eval.jsonl")
-    if not os.path.isfile(train_rec):
-      _run(["-m", "vsr_pin_jax.build_refine_data", "--workdir", dual, "--steps", "early,middle,late",
-            "--n", str(records), "--out", train_rec])
-    if not os.path.isfile(eval_rec):
-      _run(["-m", "vsr_pin_jax.build_refine_data", "--workdir", dual, "--steps", "late", "--split",
-            "validation", "--n", "128", "--out", eval_rec])
-    _train("vsr_pin_jax.train_refiner", "configs/vsr_pin/refine_tiny.py:lora", os.path.join(out, f"lora_s{s}"),
-           steps["lora"], (f"--config.init.base.path={base}", f"--config.data.train_records={train_rec}",
-                               f"--config.data.eval_records={eval_rec}", f"--config.trainer.seed={s}"))
+  for tag, model in REFINERS.items():
+    lm, base = os.path.join(out, f"lm{tag}"), os.path.join(out, f"lm{tag}_base")
+    if tag and tag not in sizes:
+      continue
+    _train("vsr_pin_jax.train_refiner", "configs/vsr_pin/refine_tiny.py:pretrain", lm, steps["pretrain"], model)
+    if not os.path.isfile(os.path.join(base, "config.json")):
+      _run(["-m", "vsr_pin_jax.refiner", "--workdir", lm, "--out", base])
+    for s in seeds:
+      dual, rdir = os.path.join(out, f"dual_s{s}"), os.path.join(out, f"refine_s{s}")
+      train_rec, eval_rec = os.path.join(rdir, "train.jsonl"), os.path.join(rdir, "eval.jsonl")
+      if not os.path.isfile(train_rec):
+        _run(["-m", "vsr_pin_jax.build_refine_data", "--workdir", dual, "--steps", "early,middle,late",
+              "--n", str(records), "--out", train_rec])
+      if not os.path.isfile(eval_rec):
+        _run(["-m", "vsr_pin_jax.build_refine_data", "--workdir", dual, "--steps", "late", "--split",
+              "validation", "--n", "128", "--out", eval_rec])
+      _train("vsr_pin_jax.train_refiner", "configs/vsr_pin/refine_tiny.py:lora", os.path.join(out, f"lora{tag}_s{s}"),
+             steps["lora"], (*model, f"--config.init.base.path={base}", f"--config.data.train_records={train_rec}",
+                             f"--config.data.eval_records={eval_rec}", f"--config.trainer.seed={s}"))
 
 
 def error_kinds(rows: list[dict], world) -> dict:
@@ -132,9 +141,15 @@ def evaluate_rows(out: str, seeds: list[int], n: int) -> list[dict]:
 
   for s in seeds:
     for name, run, at in (("char", "char", "late"), ("dual", "dual", "late"), ("dual @ middle", "dual", "middle")):
-      refined_rows = [f"{name} + refiner (no error-aware tuning)", f"{name} + refiner"] if run == "dual" else []
+      refiners = [] if run != "dual" else [(f"{name} + refiner (no error-aware tuning)", "lm"),
+                                             (f"{name} + refiner", f"lora_s{s}")]
+      if run == "dual" and os.path.isdir(os.path.join(out, f"lora_big_s{s}")):
+        refiners += [(f"{name} + larger refiner (no error-aware tuning)", "lm_big"),
+                     (f"{name} + larger refiner", f"lora_big_s{s}")]
+      refined_rows = [r for r, _ in refiners]
       if all((w, s) in done and done[(w, s)]["n"] == n for w in [name] + refined_rows) and "errors" in done[(name, s)]:
         continue
+      refiners = [(r, d) for r, d in refiners if (r, s) not in done or done[(r, s)]["n"] != n]
       t0 = time.time()
       wd = os.path.join(out, f"{run}_s{s}")
       step = dict(pick_steps(Checkpointer(wd, keep=1, async_save=False, create=False).manager.all_steps(), at))[at]
@@ -147,8 +162,9 @@ def evaluate_rows(out: str, seeds: list[int], n: int) -> list[dict]:
       truths = [x["truth"] for x in rows]
       if run == "dual":
         m["cer_pinyin_rule"] = chinese_cer(truths, pinyin_rule(rows, world))
-      put({"row": name, "seed": s, "step": r.step, "seconds": round(time.time() - t0, 1), **m})
-      for row, refiner in zip(refined_rows, ("lm", f"lora_s{s}")):
+      if (name, s) not in done or "errors" not in done[(name, s)] or done[(name, s)]["n"] != n:
+        put({"row": name, "seed": s, "step": r.step, "seconds": round(time.time() - t0, 1), **m})
+      for row, refiner in refiners:
         t0 = time.time()
         refined = refine_workdir(os.path.join(out, refiner), rows)
         best = [x["nbest"][0] for x in rows]
@@ -173,8 +189,10 @@ def report(records: list[dict]) -> str:
       if (base, s) in by and "cer_pinyin_rule" in by[(base, s)]:
         by[(f"{base} + pinyin-consistent pick (no LM)", s)] = {"cer": by[(base, s)]["cer_pinyin_rule"]}
   for row in ("char", "dual", "dual + pinyin-consistent pick (no LM)", "dual + refiner (no error-aware tuning)",
-              "dual + refiner", "dual @ middle", "dual @ middle + pinyin-consistent pick (no LM)",
-              "dual @ middle + refiner (no error-aware tuning)", "dual @ middle + refiner"):
+              "dual + refiner", "dual + larger refiner (no error-aware tuning)", "dual + larger refiner",
+              "dual @ middle", "dual @ middle + pinyin-consistent pick (no LM)",
+              "dual @ middle + refiner (no error-aware tuning)", "dual @ middle + refiner",
+              "dual @ middle + larger refiner (no error-aware tuning)", "dual @ middle + larger refiner"):
     rs = [by.get((row, s)) for s in seeds]
     if not any(rs):
       continue
@@ -187,8 +205,7 @@ def report(records: list[dict]) -> str:
     if d and "errors" in d:
       lines.append(f"seed {s}: {base} (step {d['step']}) N-best[0] substitutions {d['errors']}")
   for s in seeds:
-    for row in ("dual + refiner (no error-aware tuning)", "dual + refiner", "dual @ middle + refiner (no "
-                "error-aware tuning)", "dual @ middle + refiner"):
+    for row in sorted({r["row"] for r in records if "fixed" in r}):
       r = by.get((row, s))
       if r and "fixed" in r:
         lines.append(f"seed {s}: {row}: kept N-best[0] {r['kept']}, fixed {r['fixed']}, broke {r['broke']} "
@@ -203,6 +220,8 @@ def main():
   ap.add_argument("--steps", default="", help="stage1=N,pretrain=N,lora=N (defaults: the configs')")
   ap.add_argument("--records", type=int, default=2000, help="training clips decoded per stage-I checkpoint")
   ap.add_argument("--n", type=int, default=256, help="held-out clips per row")
+  ap.add_argument("--big", action="store_true", help="also the capacity check: a 4-layer d-128 refiner stand-in "
+                  "(REFINERS['_big']), pretrained and LoRA-tuned on the same records, as rows of its own")
   ap.add_argument("--report", action="store_true", help="print the table from OUT/table.jsonl only")
   a = ap.parse_args()
   path = os.path.join(a.out, "table.jsonl")
@@ -217,7 +236,7 @@ def main():
     steps[k] = int(v)
   seeds = [int(s) for s in a.seeds.split(",")]
   os.makedirs(a.out, exist_ok=True)
-  chain(a.out, seeds, steps, a.records)
+  chain(a.out, seeds, steps, a.records, ("", "_big") if a.big else ("",))
   print(report(evaluate_rows(a.out, seeds, a.n)))
 
 

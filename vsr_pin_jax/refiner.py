@@ -4,7 +4,9 @@ Two stages, chosen by `cfg.stage`:
 
   "pretrain"  the stand-in for Qwen3's pretraining (no pretrained LLM exists here): a small Qwen3-architecture LM
               (shared.models.llm, family "qwen3") learns the SynthCue language from sentences rendered through the
-              template's answer side ([bos] 正确句子： sentence eos, vsr_pin_jax/refine_data.py); every parameter
+              template's answer side ([bos] 正确句子： sentence eos, vsr_pin_jax/refine_data.py) and, a share
+              data.pretrain_instruct of the examples, generic correction records built from synthetic noise (the
+              template filled from refine_data.synthetic_records: what an Instruct LLM brings); every parameter
               trains. Export: `export_refiner` writes a transformers Qwen3ForCausalLM directory (+ tokenizer).
   "lora"      the paper's fine-tuning: LoRA (cfg.lora: rank, alpha, dropout, targets; paper r 8, α 32 on the
               attention projections, lr 1e-4) on error-aware records (cfg.data.train_records, .jsonl), the base
