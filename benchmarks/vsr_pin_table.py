@@ -71,22 +71,25 @@ def chain(out: str, seeds: list[int], steps: dict, records: int, sizes=("",)):
     for name, cfg in (("char", "configs/vsr_pin/tiny.py:char_only"), ("dual", "configs/vsr_pin/tiny.py")):
       _train("vsr_pin_jax.train", cfg, os.path.join(out, f"{name}_s{s}"), steps["stage1"],
              (f"--config.trainer.seed={s}", *STAGE1_FLAGS))
-  for tag, model in REFINERS.items():
+  records_of = {}
+  for s in seeds:   # the error-aware records: decoded once per seed, every refiner size trains on them
+    dual, rdir = os.path.join(out, f"dual_s{s}"), os.path.join(out, f"refine_s{s}")
+    train_rec, eval_rec = os.path.join(rdir, "train.jsonl"), os.path.join(rdir, "eval.jsonl")
+    if not os.path.isfile(train_rec):
+      _run(["-m", "vsr_pin_jax.build_refine_data", "--workdir", dual, "--steps", "early,middle,late",
+            "--n", str(records), "--out", train_rec])
+    if not os.path.isfile(eval_rec):
+      _run(["-m", "vsr_pin_jax.build_refine_data", "--workdir", dual, "--steps", "late", "--split",
+            "validation", "--n", "128", "--out", eval_rec])
+    records_of[s] = (train_rec, eval_rec)
+  for tag in sizes:
+    model = REFINERS[tag]
     lm, base = os.path.join(out, f"lm{tag}"), os.path.join(out, f"lm{tag}_base")
-    if tag and tag not in sizes:
-      continue
     _train("vsr_pin_jax.train_refiner", "configs/vsr_pin/refine_tiny.py:pretrain", lm, steps["pretrain"], model)
     if not os.path.isfile(os.path.join(base, "config.json")):
       _run(["-m", "vsr_pin_jax.refiner", "--workdir", lm, "--out", base])
     for s in seeds:
-      dual, rdir = os.path.join(out, f"dual_s{s}"), os.path.join(out, f"refine_s{s}")
-      train_rec, eval_rec = os.path.join(rdir, "train.jsonl"), os.path.join(rdir, "eval.jsonl")
-      if not os.path.isfile(train_rec):
-        _run(["-m", "vsr_pin_jax.build_refine_data", "--workdir", dual, "--steps", "early,middle,late",
-              "--n", str(records), "--out", train_rec])
-      if not os.path.isfile(eval_rec):
-        _run(["-m", "vsr_pin_jax.build_refine_data", "--workdir", dual, "--steps", "late", "--split",
-              "validation", "--n", "128", "--out", eval_rec])
+      train_rec, eval_rec = records_of[s]
       _train("vsr_pin_jax.train_refiner", "configs/vsr_pin/refine_tiny.py:lora", os.path.join(out, f"lora{tag}_s{s}"),
              steps["lora"], (*model, f"--config.init.base.path={base}", f"--config.data.train_records={train_rec}",
                              f"--config.data.eval_records={eval_rec}", f"--config.trainer.seed={s}"))

@@ -403,9 +403,9 @@ def main(argv=None) -> int:
   writes DIR/train.jsonl (SynthCue train split) and DIR/eval.jsonl (held-out `test` split) in the SynthCue world
   of config C's data section (default configs/vsr_pin/tiny.py: the lip reader's world)."""
   import argparse
-  import importlib.util
 
   from shared.data.synthcue import synthcue_source
+  from shared.scaling.aot import load_config
   ap = argparse.ArgumentParser(description=main.__doc__)
   ap.add_argument("--out", required=True)
   ap.add_argument("--train", type=int, default=2000)
@@ -414,10 +414,7 @@ def main(argv=None) -> int:
   ap.add_argument("--seed", type=int, default=0, help="noise seed")
   ap.add_argument("--config", default="configs/vsr_pin/tiny.py", help="a config whose data section names the world")
   a = ap.parse_args(argv)
-  spec = importlib.util.spec_from_file_location("_world_config", a.config)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  data = mod.get_config().data
+  data = load_config(a.config).data
   for split, n, name in (("train", a.train, "train.jsonl"), ("test", a.eval, "eval.jsonl")):
     src = synthcue_source(data, split, "speech", num_samples=max(n, 1), render_video=False, render_audio=False)
     path = os.path.join(a.out, name)
