@@ -12,7 +12,14 @@ train split only, over the very module configs of the tiny model section (TriMod
          data.gloss_clip_stride frames (clip_index, indices clamped to the gloss's last frame as TriModal._sign;
          stride 1 = TriModal._sign's one clip per frame, 16x the cost: the default tiles the gloss with
          non-overlapping clips) pooled -> mean over the clips [Ds] -> head Linear(Ds, C),
-         C = the world's characters (a gloss IS a character). Glosses sharing a manual form
+         C = the world's characters (a gloss IS a character). The training clips come from
+         data.sign_pretrain_signers signers of the same language (isolated_sign_source; 0 = the tiny world's
+         six training signers), optionally with one random colour transform and one shift of up to
+         data.sign_shift pixels per clip (data.sign_color_jitter; shared.data.augment's color_jitter,
+         random_translate; gloss spans stay exact). Why other signers: SynthCue signers differ in skin, hand and
+         background colour and in where they stand, and on six signers the stand-in learns them (held-out
+         accuracy 7 % at 88 % training accuracy; 50 % with the held-out signers recoloured as training ones,
+         87 % with their colours, place and rate); on 32 it reaches 69 % (configs/trimodal/pretrain.py). Glosses sharing a manual form
          (world.char_form) differ only in mouthing: indistinguishable from the hands alone, so the eval reports
          accuracy on unique-form glosses, on shared-form ones, overall and at the form level.
   lip    VSR-CTC (AV-HuBERT's role: a lip representation): `speech` mouth crops, random crop data.crop + flip
@@ -220,17 +227,38 @@ def make_model(cfg) -> nn.Module:
 def source(cfg, split: str):
   """The SynthCue split each stand-in reads (data.sources' settings; lip skips the audio it never reads)."""
   d, name = cfg.data, cfg.pretrain
+  if name == "sign" and split == "train" and int(d.get("sign_pretrain_signers", 0)):
+    return isolated_sign_source(cfg)
   if name == "sign":
     return data_lib.sources(d, split)["sign"]
   return synthcue_source(d, split, "speech", render_video=False, render_audio=name == "audio")
 
 
+def isolated_sign_source(cfg):
+  """The sign stand-in's training clips from data.sign_pretrain_signers signers of the same language: the tiny
+  world's seed, lexicon and manual forms, its own signers (all of them train; none is one of the tiny world's
+  held-out signers), as the paper's Swin learns isolated signs from other signers than How2Sign's."""
+  d = cfg.data
+  src = synthcue_source(d, "train", "sign", frame_size=int(d.sign_frame_size), render_audio=False,
+                        n_speakers=int(d.sign_pretrain_signers), n_test_speakers=0)
+  w, own = src.world, world(cfg)
+  if w.chars != own.chars or not np.array_equal(w.char_form, own.char_form) or \
+      any(not np.array_equal(w.forms[k], own.forms[k]) for k in own.forms):
+    raise ConfigError(f"data.sign_pretrain_signers={d.sign_pretrain_signers}: that SynthCue world's lexicon or "
+                      "manual forms differ from data.n_speakers's (shared.data.synthcue.build_world must draw the "
+                      "speakers after the language)")
+  return src
+
+
 def gloss_example(index, rng, *, cfg, src) -> dict:
   """Sign clip `index` -> its glosses (module docstring, sign batch without B)."""
-  del rng                                     # no augmentation: gloss spans are exact
   d = cfg.data
   s = src[int(index)]
   video = data_lib.sign_frames(np.asarray(s["video"], np.uint8), int(d.sign_size))
+  if rng is not None:                        # training: one colour transform and one shift per clip
+    if d.sign_color_jitter:
+      video = augment.color_jitter(video, rng)
+    video = augment.random_translate(video, rng, int(d.sign_shift))
   g, length, size = max_glosses(cfg), int(d.gloss_frames), int(d.sign_size)
   spans = np.asarray(s["syllable_frames"])[np.asarray(s["gloss_order"])]          # [G, 2] sign order
   out = {"clips": np.zeros((g, length, size, size, 3), np.uint8), "lengths": np.zeros((g,), np.int32),

@@ -2,12 +2,15 @@
 share a manual form and differ by mouthing: SLT) and `speech` mode (mouth crops + speech audio: VSR / ASR / AVSR).
 
 Model (trimodal_jax/model.py, the paper's figure at small widths):
-  sign encoder   Video Swin, 2 stages (embed 16, depths (1, 1), heads (2, 4), window (2, 4, 4)) -> 32-d, one
-                 4-frame clip per frame (25 Hz)            stand-in for the ISLR-pretrained Swin-T (768-d)
+  sign encoder   Video Swin, 4 stages as Swin-T (embed 16, depths (1, 1, 1, 1), heads (2, 4, 8, 16), window
+                 (2, 4, 4)) -> 128-d, one 4-frame clip per frame (25 Hz); on 32 x 32 frames the last stage's grid
+                 is 1 x 1, so the pooled feature keeps where the hands are (patch merging concatenates
+                 neighbours; a 2-stage 4 x 4 grid averaged away that position and stayed at chance)
+                                                           stand-in for the ISLR-pretrained Swin-T (768-d)
   lip encoder    AV-HuBERT video path, 2 layers, 64-d, ResNet-10 width 8 (PReLU), conv pos 16 / 4 groups
                                                            stand-in for AV-HuBERT Large (1024-d)
   audio encoder  Whisper encoder, 2 layers, 64-d, 80 mels  stand-in for Whisper-medium (1024-d)
-  adapters       Conv1d k = stride 2 / 2 / 4 -> 12.5 Hz; concat 32 + 64 + 64 = 160 -> mapping 160 -> 112 -> 64
+  adapters       Conv1d k = stride 2 / 2 / 4 -> 12.5 Hz; concat 128 + 64 + 64 = 256 -> mapping 256 -> 160 -> 64
   LLM            LLaMA-architecture, 2 layers, 64-d, 4 heads / 2 KV, tied embeddings, LoRA r 4 / alpha 8 on
                  q, k, v, o                                stand-in for LLaMA-3.2-3B (a SynthCue-sentence LM)
 Each stand-in is to be pretrained on SynthCue in the role the paper's pretrained part plays (isolated gloss
@@ -88,7 +91,8 @@ def get_config(arg: str = ""):
   remat = t.get_ref("remat")
   c.model = model_section(
       TriModalConfig,
-      sign=dict(patch_size=(2, 4, 4), embed_dim=16, depths=(1, 1), num_heads=(2, 4), window_size=(2, 4, 4),
+      sign=dict(patch_size=(2, 4, 4), embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 4, 8, 16),
+                window_size=(2, 4, 4),
                 mlp_ratio=2.0, in_channels=3, clip_window=4, clip_stride=1, clip_padding="same", dtype=dt,
                 remat_policy=remat),
       lip=dict(layers=2, dim=64, ffn=128, heads=4, conv_pos=16, conv_pos_groups=4,

@@ -47,6 +47,50 @@ def horizontal_flip(video: np.ndarray, rng: np.random.Generator, p: float = 0.5)
   return video[:, :, ::-1] if rng.random() < p else video
 
 
+def color_jitter(video: np.ndarray, rng: np.random.Generator, *, brightness: float = 0.4,
+                 contrast: float = 0.4, saturation: float = 0.4, permute_channels: bool = True,
+                 p_gray: float = 0.2) -> np.ndarray:
+  """One random colour transform for the whole clip: uint8 [T, H, W, 3] -> uint8 [T, H, W, 3].
+
+  In order (torchvision's ColorJitter factors, drawn once per clip so frames stay consistent): brightness
+  x * b, b ~ U[1 - brightness, 1 + brightness]; contrast (x - m) * c + m around the clip's mean gray m;
+  saturation gray + (x - gray) * s; then, if permute_channels, a random RGB channel order (a hue change
+  that keeps edges), and with probability p_gray the ITU-R 601 gray copied to all three channels.
+  """
+  x = np.asarray(video)
+  if x.ndim < 2 or x.shape[-1] != 3:
+    raise ConfigError(f"color_jitter: expected RGB frames [..., 3], got shape {x.shape}")
+  f = x.astype(np.float32)
+  gray_w = np.array([0.299, 0.587, 0.114], np.float32)
+  f *= np.float32(rng.uniform(1 - brightness, 1 + brightness))
+  m = np.float32((f @ gray_w).mean())
+  f = (f - m) * np.float32(rng.uniform(1 - contrast, 1 + contrast)) + m
+  g = (f @ gray_w)[..., None]
+  f = g + (f - g) * np.float32(rng.uniform(1 - saturation, 1 + saturation))
+  if permute_channels:
+    f = f[..., rng.permutation(3)]
+  if rng.random() < p_gray:
+    f = np.repeat((f @ gray_w)[..., None], 3, axis=-1)
+  return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+
+
+def random_translate(video: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
+  """Shift the whole clip by one random (dy, dx) in [-max_shift, max_shift] pixels, edges replicated:
+  [T, H, W, ...] -> same shape (the framing of a camera that sits a little elsewhere)."""
+  x = np.asarray(video)
+  m = int(max_shift)
+  if m < 0 or x.ndim < 3 or m >= min(x.shape[1], x.shape[2]):
+    raise ConfigError(f"random_translate: max_shift={max_shift} for frames {x.shape} ([T, H, W(, C)], "
+                      "0 <= max_shift < H, W)")
+  if m == 0:
+    return x
+  dy, dx = (int(v) for v in rng.integers(-m, m + 1, 2))
+  h, w = x.shape[1], x.shape[2]
+  rows = np.clip(np.arange(h) - dy, 0, h - 1)
+  cols = np.clip(np.arange(w) - dx, 0, w - 1)
+  return x[:, rows][:, :, cols]
+
+
 def normalize_lips(lips: np.ndarray) -> np.ndarray:
   """uint8 [T, h, w] -> float32 (x / 255 - 0.421) / 0.165."""
   return ((np.asarray(lips, np.float32) / 255.0 - LIP_MEAN) / LIP_STD).astype(np.float32)

@@ -42,6 +42,43 @@ def test_flip_and_normalize():
   np.testing.assert_allclose(n, (1 - 0.421) / 0.165, rtol=1e-6)
 
 
+def test_color_jitter_is_one_transform_per_clip_and_seeded():
+  rng = np.random.default_rng(0)
+  v = rng.integers(0, 256, (4, 10, 10, 3), dtype=np.uint8)
+  v[1] = v[0]                                            # two equal frames stay equal: one transform per clip
+  a = A.color_jitter(v, np.random.default_rng(5))
+  assert a.shape == v.shape and a.dtype == np.uint8
+  np.testing.assert_array_equal(a[0], a[1])
+  np.testing.assert_array_equal(a, A.color_jitter(v, np.random.default_rng(5)))
+  assert not np.array_equal(a, A.color_jitter(v, np.random.default_rng(6)))
+  # the identity settings return the clip; p_gray 1 gives equal channels
+  same = A.color_jitter(v, rng, brightness=0, contrast=0, saturation=0, permute_channels=False, p_gray=0)
+  np.testing.assert_array_equal(same, v)
+  g = A.color_jitter(v, rng, p_gray=1.0)
+  assert np.array_equal(g[..., 0], g[..., 1]) and np.array_equal(g[..., 1], g[..., 2])
+  # a channel permutation alone moves the channels, nothing else
+  seen = {tuple(A.color_jitter(v[:, :1, :1], np.random.default_rng(s), brightness=0, contrast=0, saturation=0,
+                               p_gray=0)[0, 0, 0]) for s in range(30)}
+  assert len(seen) == 6 and all(sorted(c) == sorted(v[0, 0, 0]) for c in seen)
+  with pytest.raises(ConfigError, match=r"\(4, 10, 10\)"):
+    A.color_jitter(v[..., 0], rng)
+
+
+def test_random_translate_shifts_the_clip_with_edges_replicated():
+  v = np.arange(2 * 6 * 6, dtype=np.int32).reshape(2, 6, 6)
+  outs = [A.random_translate(v, np.random.default_rng(s), 2) for s in range(40)]
+  shifts = set()
+  for o in outs:
+    hit = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+           if np.array_equal(o, v[:, np.clip(np.arange(6) - dy, 0, 5)][:, :, np.clip(np.arange(6) - dx, 0, 5)])]
+    assert hit                                            # every output is one whole-clip shift
+    shifts.add(hit[0])
+  assert len(shifts) > 10
+  np.testing.assert_array_equal(A.random_translate(v, np.random.default_rng(0), 0), v)
+  with pytest.raises(ConfigError, match="max_shift"):
+    A.random_translate(v, np.random.default_rng(0), 6)
+
+
 def test_time_mask_masks_spans_with_mean():
   x = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)
   out, mask = A.time_mask(x, np.random.default_rng(1), n_masks=2, max_width=10)

@@ -68,11 +68,11 @@ def test_config_and_parts(tiny):
   assert set(variables["params"]) == {"sign_encoder", "lip_encoder", "audio_encoder", "sign_adapter", "lip_adapter",
                                       "audio_adapter", "mapping", "llm"}
   assert "lip_encoder" in variables["batch_stats"]
-  assert c.widths() == {"sign": 32, "lip": 64, "audio": 64} and c.concat_dim == 160
-  assert c.hidden_dim == (160 + 64) // 2 and c.llm.lora.rank == 4
+  assert c.widths() == {"sign": 128, "lip": 64, "audio": 64} and c.concat_dim == 256
+  assert c.hidden_dim == (256 + 64) // 2 and c.llm.lora.rank == 4
   p = variables["params"]
-  assert p["sign_adapter"]["kernel"].shape == (2, 32, 32) and p["audio_adapter"]["kernel"].shape == (4, 64, 64)
-  assert p["mapping"]["fc1"]["kernel"].shape == (160, 112) and p["mapping"]["fc2"]["kernel"].shape == (112, 64)
+  assert p["sign_adapter"]["kernel"].shape == (2, 128, 128) and p["audio_adapter"]["kernel"].shape == (4, 64, 64)
+  assert p["mapping"]["fc1"]["kernel"].shape == (256, 160) and p["mapping"]["fc2"]["kernel"].shape == (160, 64)
   with pytest.raises(ConfigError, match="model.precomputed"):
     c.replace(precomputed=("video",))
   with pytest.raises(ConfigError, match="llm.lora"):

@@ -89,6 +89,26 @@ def test_gloss_examples_are_the_sample_spans_and_labels():
   assert not np.array_equal(e["clips"][0, 0], e["clips"][1, 0])
 
 
+def test_sign_standin_learns_from_other_signers_of_the_same_language():
+  cfg = small("sign")
+  train, test = P.source(cfg, "train"), P.source(cfg, "test")
+  own = P.world(cfg)
+  assert train.config.n_speakers == cfg.data.sign_pretrain_signers == 32 and len(train.speakers) == 32
+  assert test.world is own and test.speakers.tolist() == [6, 7]          # evaluated on the tiny world's held-out
+  assert train.world.chars == own.chars and np.array_equal(train.world.char_form, own.char_form)
+  # none of the pretraining signers looks like a held-out one (background colour, the largest area)
+  gap = np.abs(train.world.speakers["bg"][:, None] - own.speakers["bg"][None, 6:]).max(-1)
+  assert gap.min() > 1.0
+  # training clips: one colour transform per clip (shapes, labels and spans kept); eval clips untouched
+  e0 = P.gloss_example(1, None, cfg=cfg, src=train)
+  e1 = P.gloss_example(1, np.random.default_rng(0), cfg=cfg, src=train)
+  assert e1["clips"].shape == e0["clips"].shape and not np.array_equal(e1["clips"], e0["clips"])
+  for k in ("labels", "lengths", "mask"):
+    np.testing.assert_array_equal(e1[k], e0[k])
+  cfg.data.sign_pretrain_signers = 0                                   # the tiny world's own training signers
+  assert P.source(cfg, "train").world is own
+
+
 def test_ctc_and_lm_examples():
   cfg = small("lip")
   src = P.source(cfg, "train")
