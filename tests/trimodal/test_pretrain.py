@@ -99,12 +99,17 @@ def test_sign_standin_learns_from_other_signers_of_the_same_language():
   # none of the pretraining signers looks like a held-out one (background colour, the largest area)
   gap = np.abs(train.world.speakers["bg"][:, None] - own.speakers["bg"][None, 6:]).max(-1)
   assert gap.min() > 1.0
-  # training clips: one colour transform per clip (shapes, labels and spans kept); eval clips untouched
+  # the optional augmentations (off by default): one colour transform and one shift per training clip (shapes,
+  # labels and spans kept); eval clips untouched
   e0 = P.gloss_example(1, None, cfg=cfg, src=train)
+  np.testing.assert_array_equal(P.gloss_example(1, np.random.default_rng(0), cfg=cfg, src=train)["clips"],
+                                e0["clips"])
+  cfg.data.update(dict(sign_color_jitter=True, sign_shift=2))
   e1 = P.gloss_example(1, np.random.default_rng(0), cfg=cfg, src=train)
   assert e1["clips"].shape == e0["clips"].shape and not np.array_equal(e1["clips"], e0["clips"])
   for k in ("labels", "lengths", "mask"):
     np.testing.assert_array_equal(e1[k], e0[k])
+  np.testing.assert_array_equal(P.gloss_example(1, None, cfg=cfg, src=train)["clips"], e0["clips"])
   cfg.data.sign_pretrain_signers = 0                                   # the tiny world's own training signers
   assert P.source(cfg, "train").world is own
 
