@@ -124,12 +124,18 @@ def shared_accuracy(rows: list[dict], shared: frozenset) -> dict:
 
 def bleurt_scores(path: str, refs, hyps) -> float:
   """Mean BLEURT of (ref, hyp) pairs with a local BLEURT-PyTorch checkpoint (lucadiliello/BLEURT-pytorch)."""
+  from shared.torch_compat import import_torchvision
+  import_torchvision()
   try:
     import torch
     from bleurt_pytorch import BleurtForSequenceClassification, BleurtTokenizer
-  except ImportError as e:
+  except ModuleNotFoundError as e:
     raise ConfigError(f"--bleurt {path}: needs the bleurt_pytorch package (pip install "
                       "git+https://github.com/lucadiliello/bleurt-pytorch)") from e
+  except ImportError as e:          # installed but built for another transformers (PyPI's 0.0.1 vs transformers 5)
+    import transformers
+    raise ConfigError(f"--bleurt {path}: bleurt_pytorch does not import under transformers "
+                      f"{transformers.__version__} ({e}); it needs transformers < 5 (a separate environment)") from e
   if not os.path.isfile(os.path.join(path, "config.json")):
     raise ConfigError(f"--bleurt {path}: no config.json there (a local BLEURT-PyTorch checkpoint directory)")
   model = BleurtForSequenceClassification.from_pretrained(path).eval()

@@ -385,3 +385,17 @@ def test_export_peft_parity_encoders_adapters_round_trip(trained, tmp_path):
     assert f.get_slice("mapping.fc1.weight").get_dtype() == "BF16"
   with open(os.path.join(out16, "llm", "config.json")) as f:
     assert json.load(f)["dtype"] == "bfloat16"
+
+
+def test_bleurt_without_a_working_package_is_a_clear_error(tmp_path, monkeypatch):
+  import sys
+  import types
+
+  from shared.errors import ConfigError
+  from trimodal_jax.evaluate import bleurt_scores
+  monkeypatch.setitem(sys.modules, "bleurt_pytorch", None)                 # not installed
+  with pytest.raises(ConfigError, match="needs the bleurt_pytorch package"):
+    bleurt_scores(str(tmp_path), ["a"], ["a"])
+  monkeypatch.setitem(sys.modules, "bleurt_pytorch", types.ModuleType("bleurt_pytorch"))  # installed, broken
+  with pytest.raises(ConfigError, match="does not import under transformers"):
+    bleurt_scores(str(tmp_path), ["a"], ["a"])
