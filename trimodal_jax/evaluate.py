@@ -10,7 +10,7 @@ DIR/eval/<step>_<task>[_snr<DB>]_transcripts.txt (ref / hyp per clip). Keys, per
                     references are Chinese (SynthCue), over words (`wer`) otherwise; t/unit says which
   t/bleu4           corpus BLEU-4 (sacrebleu, 0-100) over character tokens (Chinese) or 13a words
   t/rougeL          mean ROUGE-L F (0-1) over character tokens (Chinese) or words
-  t/bleurt          mean BLEURT (--bleurt DIR: a local BLEURT-PyTorch checkpoint; needs bleurt_pytorch)
+  t/bleurt          mean BLEURT (--bleurt DIR: a local BLEURT-PyTorch checkpoint; shared.metrics.bleurt)
   t/n               clips scored
   slt/shared_char_acc, slt/shared_n   (SynthCue) over reference characters whose gloss shares its manual form
                     with another gloss (world.char_form; they differ only in mouthing: the paper's claim that the
@@ -123,29 +123,10 @@ def shared_accuracy(rows: list[dict], shared: frozenset) -> dict:
 
 
 def bleurt_scores(path: str, refs, hyps) -> float:
-  """Mean BLEURT of (ref, hyp) pairs with a local BLEURT-PyTorch checkpoint (lucadiliello/BLEURT-pytorch)."""
-  from shared.torch_compat import import_torchvision
-  import_torchvision()
-  try:
-    import torch
-    from bleurt_pytorch import BleurtForSequenceClassification, BleurtTokenizer
-  except ModuleNotFoundError as e:
-    raise ConfigError(f"--bleurt {path}: needs the bleurt_pytorch package (pip install "
-                      "git+https://github.com/lucadiliello/bleurt-pytorch)") from e
-  except ImportError as e:          # installed but built for another transformers (PyPI's 0.0.1 vs transformers 5)
-    import transformers
-    raise ConfigError(f"--bleurt {path}: bleurt_pytorch does not import under transformers "
-                      f"{transformers.__version__} ({e}); it needs transformers < 5 (a separate environment)") from e
-  if not os.path.isfile(os.path.join(path, "config.json")):
-    raise ConfigError(f"--bleurt {path}: no config.json there (a local BLEURT-PyTorch checkpoint directory)")
-  model = BleurtForSequenceClassification.from_pretrained(path).eval()
-  tok = BleurtTokenizer.from_pretrained(path)
-  out = []
-  with torch.no_grad():
-    for i in range(0, len(refs), 32):
-      x = tok(list(refs[i:i + 32]), list(hyps[i:i + 32]), padding="longest", truncation=True, return_tensors="pt")
-      out += model(**x).logits.flatten().tolist()
-  return float(np.mean(out)) if out else 0.0
+  """Mean BLEURT of (ref, hyp) pairs with a local BLEURT-PyTorch checkpoint (shared.metrics.bleurt)."""
+  from shared.metrics.bleurt import BleurtScorer
+  scores = BleurtScorer(path)(list(refs), list(hyps))
+  return float(np.mean(scores)) if len(scores) else 0.0
 
 
 def metrics_of(task: str, rows: list[dict], *, shared: frozenset | None = None, bleurt: str | None = None

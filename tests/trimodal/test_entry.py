@@ -387,15 +387,12 @@ def test_export_peft_parity_encoders_adapters_round_trip(trained, tmp_path):
     assert json.load(f)["dtype"] == "bfloat16"
 
 
-def test_bleurt_without_a_working_package_is_a_clear_error(tmp_path, monkeypatch):
-  import sys
-  import types
-
-  from shared.errors import ConfigError
-  from trimodal_jax.evaluate import bleurt_scores
-  monkeypatch.setitem(sys.modules, "bleurt_pytorch", None)                 # not installed
-  with pytest.raises(ConfigError, match="needs the bleurt_pytorch package"):
-    bleurt_scores(str(tmp_path), ["a"], ["a"])
-  monkeypatch.setitem(sys.modules, "bleurt_pytorch", types.ModuleType("bleurt_pytorch"))  # installed, broken
-  with pytest.raises(ConfigError, match="does not import under transformers"):
-    bleurt_scores(str(tmp_path), ["a"], ["a"])
+def test_bleurt_scores_the_slt_rows(tmp_path):
+  from shared.metrics.bleurt import BleurtScorer
+  from tests.metrics.test_bleurt import _oracle, _write
+  _, sd, cfg = _oracle(False)
+  d = _write(str(tmp_path / "bleurt"), sd, cfg, "safetensors")
+  rows = [{"ref": "the cat sat", "hyp": "the cat"}, {"ref": "a mat", "hyp": "a mat"}]
+  got = ev.metrics_of("slt", rows, bleurt=d)
+  want = BleurtScorer(d)([r["ref"] for r in rows], [r["hyp"] for r in rows]).mean()
+  assert got["slt/bleurt"] == pytest.approx(float(want), rel=1e-6)
