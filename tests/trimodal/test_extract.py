@@ -78,7 +78,7 @@ def test_features_equal_the_models_sign_encoder(setup):
   assert ex.params_sha256(s["params"]) == ex.params_sha256({"sign_encoder": s["variables"]["params"]["sign_encoder"]})
   assert s["summary"]["written"] == N and s["summary"]["failed"] == 0 and s["summary"]["count"] == N
   index = json.load(open(os.path.join(s["feat"], "train", "index.json")))
-  assert index["dim"] == 32 and index["dtype"] == "float32" and index["count"] == N and index["clips"] == 8
+  assert index["dim"] == 128 and index["dtype"] == "float32" and index["count"] == N and index["clips"] == 8
   assert index["encoder"]["init_path"] == s["swin"] and index["encoder"]["config"]["embed_dim"] == 16
   assert set(index["encoder"]["weights_sha256"]) >= {"config.json"}
   # the model's own sign path on the collated (padded) frame batch
@@ -89,10 +89,11 @@ def test_features_equal_the_models_sign_encoder(setup):
   err = 0.0
   for i in range(N):
     got = np.load(os.path.join(s["feat"], "train", f"{i:06d}.npy"))
-    assert got.dtype == np.float32 and got.shape == (b["sign_len"][i], 32) and n[i] == b["sign_len"][i]
+    assert got.dtype == np.float32 and got.shape == (b["sign_len"][i], 128) and n[i] == b["sign_len"][i]
     err = max(err, float(np.abs(got - f[i, :n[i]]).max()))
-  assert err <= 1e-6, err
-  assert np.abs(f[:N]).max() > 0.1                     # (not a vacuous comparison)
+  scale = float(np.abs(f[:N]).max())
+  assert scale > 0.1                                   # (not a vacuous comparison)
+  assert err <= 1e-6 * scale, (err, scale)             # fp32: the extract batch and the padded batch differ in shape
 
 
 def test_feature_batch_gives_the_frame_batch_loss(setup):
@@ -101,7 +102,7 @@ def test_feature_batch_gives_the_frame_batch_loss(setup):
   task_lib.check_config(fcfg)
   fb = batch_of(fcfg)
   b = s["batch"]
-  assert fb["sign"].shape == (4, T, 32) and fb["sign"].dtype == np.float32
+  assert fb["sign"].shape == (4, T, 128) and fb["sign"].dtype == np.float32
   assert not fb["sign"][3].any()                        # the VSR row: zero features
   for k in b:
     if k != "sign":
@@ -155,19 +156,19 @@ def test_missing_or_misshaped_features_are_loud(setup):
     data_lib.prepare(5, "slt", None, cfg=fcfg, srcs=srcs, tok=tok)
   assert "does not exist" in str(e.value) and not os.path.exists(missing)
   t6 = srcs["sign"].src[6]["lip"].shape[0]
-  np.save(os.path.join(s["feat"], "train", "000006.npy"), np.zeros((t6 - 1, 32), np.float32))
+  np.save(os.path.join(s["feat"], "train", "000006.npy"), np.zeros((t6 - 1, 128), np.float32))
   with pytest.raises(DataError, match="000006.npy") as e:
     data_lib.prepare(6, "slt", None, cfg=fcfg, srcs=srcs, tok=tok)
-  assert f"({t6 - 1}, 32)" in str(e.value) and f"[{t6}, 32]" in str(e.value) and "000006.npy" in str(e.value)
+  assert f"({t6 - 1}, 128)" in str(e.value) and f"[{t6}, 128]" in str(e.value) and "000006.npy" in str(e.value)
   # a VSR example reads no feature file (its sign is zeros of the feature shape)
   vsr = data_lib.prepare(5, "vsr", None, cfg=fcfg, srcs=srcs, tok=tok)
-  assert vsr["sign"].shape == (vsr["n_frames"], 32) and not vsr["sign"].any()
+  assert vsr["sign"].shape == (vsr["n_frames"], 128) and not vsr["sign"].any()
   # no index for the split, or one of another width
   with pytest.raises(DataError, match="index.json"):
     data_lib.sources_for(fcfg, "test")
   wide = fcfg.copy_and_resolve_references()
   wide.model.sign.embed_dim = 8
-  with pytest.raises(DataError, match="width 32; model.sign gives 16"):
+  with pytest.raises(DataError, match="width 128; model.sign gives 64"):
     data_lib.sources_for(wide, "train")
 
 
@@ -195,7 +196,7 @@ def test_batch_spec_and_complete(setup):
   fcfg = feature_cfg(s["feat"])
   spec = task_lib.batch_spec(fcfg)
   fb = batch_of(fcfg)
-  assert spec["sign"].shape == (8, T, 32) and spec["sign"].dtype == np.float32
+  assert spec["sign"].shape == (8, T, 128) and spec["sign"].dtype == np.float32
   assert set(spec) == set(fb)
   for k, v in spec.items():
     assert v.shape[1:] == fb[k].shape[1:] and v.dtype == fb[k].dtype, k
@@ -203,7 +204,7 @@ def test_batch_spec_and_complete(setup):
   assert frames["sign"].shape == (8, T, 32, 32, 3) and frames["sign"].dtype == np.uint8
   done = task_lib.complete(fb, fcfg)                  # stage 1: the audio slot filled with zero mels
   assert done["audio"].shape == (4, 4 * T, 80) and done["sign"] is fb["sign"]
-  assert task_lib.input_shapes(fcfg, 2, 10)["sign"] == ((2, 10, 32), np.float32)
+  assert task_lib.input_shapes(fcfg, 2, 10)["sign"] == ((2, 10, 128), np.float32)
 
 
 def test_cli_writes_float16_features(setup):

@@ -74,5 +74,5 @@ def test_train_step_on_8_devices_equals_1():
   assert _close(p1, host.params, rtol=None) > 1e-4                         # the step changed the weights
   # the config's own step-0 rate (tri-stage init_ratio 0.01: 1e-5). Adam's first step is ~ lr * sign(g), so an
   # element whose gradient is ~1e-8 moves by up to 4e-4 lr between the meshes (measured at lr 1e-3: 3.9e-7 on one
-  # of 16384 elements): atol 1e-8 = 1e-3 lr
-  _close(p8, p1, rtol=1e-5, atol=1e-8)
+  # of 16384 elements; with the 4-stage sign stand-in 1.4e-8 at lr 1e-5 on one of 32768): atol 3e-8 = 3e-3 lr
+  _close(p8, p1, rtol=1e-5, atol=3e-8)
