@@ -2,6 +2,8 @@
 
   PYTHONPATH=. JAX_PLATFORMS=cpu python benchmarks/trimodal_table.py --out W [--rows main_s1,nolip_s1,...]
   PYTHONPATH=. python benchmarks/trimodal_table.py --out W --report      # the markdown tables from W/*/eval
+  ... --rows long,long_nolip --step 4000 --out W4                        # stop each row at checkpoint 4000
+                                                                         # (same schedule) and evaluate that
 
 Rows (configs/trimodal/tiny.py, batch 8; the same budget per compared row):
  from scratch (every encoder and the LLM train; stage 1 = 1000 steps, stage 2 = 750, single stage = 1750):
@@ -28,8 +30,10 @@ import argparse
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 CONFIG = "configs/trimodal/tiny.py"
 S1, S2 = 1000, 750          # from scratch: stage 1, stage 2 steps
@@ -105,10 +109,18 @@ LABELS = {"main_s1": "scratch: stage 1, SLT from signs + lips", "nolip_s1": "scr
           "long_s2": "stand-ins, whole LLM trains: two-stage (4000 -> 4000)"}
 
 
-def _run(cmd: list[str], log: str):
+def _run(cmd: list[str], log: str, stop_at: str | None = None):
+  """Run cmd (output to log); with stop_at, SIGTERM it once that path exists (the trainer then saves and exits)."""
   print("$", " ".join(cmd), flush=True)
   with open(log, "a") as f:
-    p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    while p.poll() is None:
+      if stop_at and os.path.isdir(stop_at):
+        time.sleep(5)                       # the checkpoint directory appears before its files are complete
+        p.send_signal(signal.SIGTERM)
+        p.wait()
+        return
+      time.sleep(5)
   if p.returncode:
     sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}; see {log}")
 
@@ -129,10 +141,11 @@ def pretrain(out: str, name: str):
        log)
 
 
-def train(out: str, row: str):
+def train(out: str, row: str, step: int | None = None):
+  """Train `row` (its parent first); step: stop once checkpoint `step` is written (same schedule, a slice of it)."""
   stage, total, extra, parent, standins = ROWS[row]
   wd = os.path.join(out, row)
-  if _finished(wd, total):
+  if _finished(wd, step or total):
     return
   cmd = [sys.executable, "-m", "trimodal_jax.train", "--config", f"{CONFIG}:{stage}", "--workdir", wd] + extra
   if standins:
@@ -142,14 +155,14 @@ def train(out: str, row: str):
   if parent:
     train(out, parent)
     cmd.append(f"--config.init.stage1.path={os.path.join(out, parent)}")
-  _run(cmd, os.path.join(out, f"{row}.log"))
+  _run(cmd, os.path.join(out, f"{row}.log"), os.path.join(wd, "checkpoints", str(step)) if step else None)
 
 
 def _eval_name(task: str, snr) -> str:
   return f"{task}" + ("" if snr is None else f"_snr{snr}")
 
 
-def evaluate(out: str, row: str, n: int):
+def evaluate(out: str, row: str, n: int, step: int | None = None):
   wd = os.path.join(out, row)
   os.makedirs(os.path.join(wd, "table"), exist_ok=True)
   for task, snr in EVALS[row]:
@@ -157,6 +170,8 @@ def evaluate(out: str, row: str, n: int):
     if os.path.exists(path):
       continue
     cmd = [sys.executable, "-m", "trimodal_jax.evaluate", "--workdir", wd, "--task", task, "--n", str(n)]
+    if step:
+      cmd += ["--step", str(step)]
     if snr is not None:
       cmd.append(f"--snr={snr}")
     print("$", " ".join(cmd), flush=True)
@@ -216,14 +231,17 @@ def main():
   ap.add_argument("--rows", default=",".join(ROWS))
   ap.add_argument("--n", type=int, default=64, help="held-out clips per task")
   ap.add_argument("--report", action="store_true")
+  ap.add_argument("--step", type=int, default=None,
+                  help="train the named rows only until this checkpoint (same schedule) and evaluate it; use "
+                       "its own --out")
   a = ap.parse_args()
   if not a.report:
     os.makedirs(a.out, exist_ok=True)
     for row in a.rows.split(","):
       if row not in ROWS:
         sys.exit(f"unknown row {row!r}; rows: {list(ROWS)}")
-      train(a.out, row)
-      evaluate(a.out, row, a.n)
+      train(a.out, row, a.step)
+      evaluate(a.out, row, a.n, a.step)
   print(report(a.out))
 
 
