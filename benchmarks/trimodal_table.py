@@ -4,6 +4,8 @@
   PYTHONPATH=. python benchmarks/trimodal_table.py --out W --report      # the markdown tables from W/*/eval
   ... --rows long,long_nolip --step 4000 --out W4                        # stop each row at checkpoint 4000
                                                                          # (same schedule) and evaluate that
+  ... --rows long --seed 1 --out W                                       # another seed: W/long_seed1 (same
+                                                                         # stand-ins W/pre_*, trainer.seed=1)
 
 Rows (configs/trimodal/tiny.py, batch 8; the same budget per compared row):
  from scratch (every encoder and the LLM train; stage 1 = 1000 steps, stage 2 = 750, single stage = 1750):
@@ -30,6 +32,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,29 +144,37 @@ def pretrain(out: str, name: str):
        log)
 
 
-def train(out: str, row: str, step: int | None = None):
-  """Train `row` (its parent first); step: stop once checkpoint `step` is written (same schedule, a slice of it)."""
+def _dir(row: str, seed: int) -> str:
+  """The workdir name of `row` trained with trainer.seed = seed (seed 0 keeps the bare row name)."""
+  return row if not seed else f"{row}_seed{seed}"
+
+
+def train(out: str, row: str, step: int | None = None, seed: int = 0):
+  """Train `row` (its parent first); step: stop once checkpoint `step` is written (same schedule, a slice of it);
+  seed: trainer.seed (initialisation and data order) of the row and its parent; the stand-ins are shared."""
   stage, total, extra, parent, standins = ROWS[row]
-  wd = os.path.join(out, row)
+  wd = os.path.join(out, _dir(row, seed))
   if _finished(wd, step or total):
     return
   cmd = [sys.executable, "-m", "trimodal_jax.train", "--config", f"{CONFIG}:{stage}", "--workdir", wd] + extra
+  if seed:
+    cmd.append(f"--config.trainer.seed={seed}")
   if standins:
     for name in STANDINS:
       pretrain(out, name)
     cmd += _standin_flags(out)
   if parent:
-    train(out, parent)
-    cmd.append(f"--config.init.stage1.path={os.path.join(out, parent)}")
-  _run(cmd, os.path.join(out, f"{row}.log"), os.path.join(wd, "checkpoints", str(step)) if step else None)
+    train(out, parent, seed=seed)
+    cmd.append(f"--config.init.stage1.path={os.path.join(out, _dir(parent, seed))}")
+  _run(cmd, os.path.join(out, f"{_dir(row, seed)}.log"), os.path.join(wd, "checkpoints", str(step)) if step else None)
 
 
 def _eval_name(task: str, snr) -> str:
   return f"{task}" + ("" if snr is None else f"_snr{snr}")
 
 
-def evaluate(out: str, row: str, n: int, step: int | None = None):
-  wd = os.path.join(out, row)
+def evaluate(out: str, row: str, n: int, step: int | None = None, seed: int = 0):
+  wd = os.path.join(out, _dir(row, seed))
   os.makedirs(os.path.join(wd, "table"), exist_ok=True)
   for task, snr in EVALS[row]:
     path = os.path.join(wd, "table", _eval_name(task, snr) + ".json")
@@ -185,11 +196,14 @@ def evaluate(out: str, row: str, n: int, step: int | None = None):
 
 
 def _load(out: str) -> dict:
+  """(row, seed) -> {eval name: metrics}."""
   got = {}
   for path in glob.glob(os.path.join(out, "*", "table", "*.json")):
-    row = path.split(os.sep)[-3]
+    m = re.fullmatch(r"(.+?)(?:_seed(\d+))?", path.split(os.sep)[-3])
+    if m.group(1) not in ROWS:
+      continue
     with open(path) as f:
-      got[(row, os.path.basename(path)[:-5])] = json.loads(f.read())
+      got.setdefault((m.group(1), int(m.group(2) or 0)), {})[os.path.basename(path)[:-5]] = json.loads(f.read())
   return got
 
 
@@ -199,29 +213,34 @@ def _fmt(x) -> str:
 
 def report(out: str) -> str:
   got = _load(out)
+  order = ("main_s1", "nolip_s1", "main_s2", "single", "pre_s1", "pre_s2", "pre_single", "pre_nolip", "long",
+           "long_nolip", "long_s1", "long_s2")
+  keys = sorted(got, key=lambda k: (order.index(k[0]), k[1]))
 
-  def val(row, name, key):
-    return got.get((row, name), {}).get(key)
+  def val(key, name, metric):
+    return got[key].get(name, {}).get(metric)
+
+  def label(key):
+    return LABELS[key[0]] + (f", seed {key[1]}" if key[1] else "")
 
   lines = ["Finding (2): SLT with vs without lips (stage 1, same budget)", "",
            "| row | BLEU-4 | ROUGE-L | CER | shared-form char acc | other char acc |", "|---|---|---|---|---|---|"]
-  for row in ("main_s1", "nolip_s1", "main_s2", "single", "pre_s1", "pre_s2", "pre_single", "pre_nolip", "long",
-              "long_nolip", "long_s1", "long_s2"):
-    if (row, "slt") in got:
-      lines.append(f"| {LABELS[row]} | {_fmt(val(row, 'slt', 'slt/bleu4'))} | {_fmt(val(row, 'slt', 'slt/rougeL'))}"
-                   f" | {_fmt(val(row, 'slt', 'slt/cer'))} | {_fmt(val(row, 'slt', 'slt/shared_char_acc'))}"
-                   f" | {_fmt(val(row, 'slt', 'slt/other_char_acc'))} |")
+  for k in keys:
+    if "slt" in got[k]:
+      lines.append(f"| {label(k)} | " + " | ".join(
+          _fmt(val(k, "slt", f"slt/{m}")) for m in ("bleu4", "rougeL", "cer", "shared_char_acc", "other_char_acc"))
+          + " |")
   lines += ["", "Findings (1), (3), (4): CER per task (held-out speakers); ASR / AVSR under babble noise", "",
             "| row | SLT BLEU-4 | VSR | ASR clean | AVSR clean | ASR 0 dB | AVSR 0 dB | ASR -5 dB | AVSR -5 dB |",
             "|---|---|---|---|---|---|---|---|---|"]
-  for row in ("main_s2", "single", "pre_s2", "pre_single", "long", "long_s2"):
-    if (row, "vsr") not in got:
+  for k in keys:
+    if k[0] not in ("main_s2", "single", "pre_s2", "pre_single", "long", "long_s2") or "vsr" not in got[k]:
       continue
-    cells = [_fmt(val(row, "slt", "slt/bleu4")), _fmt(val(row, "vsr", "vsr/cer"))]
+    cells = [_fmt(val(k, "slt", "slt/bleu4")), _fmt(val(k, "vsr", "vsr/cer"))]
     for snr in (None, 0, -5):
       for task in ("asr", "avsr"):
-        cells.append(_fmt(val(row, _eval_name(task, snr), f"{task}/cer")))
-    lines.append(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
+        cells.append(_fmt(val(k, _eval_name(task, snr), f"{task}/cer")))
+    lines.append(f"| {label(k)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -231,6 +250,7 @@ def main():
   ap.add_argument("--rows", default=",".join(ROWS))
   ap.add_argument("--n", type=int, default=64, help="held-out clips per task")
   ap.add_argument("--report", action="store_true")
+  ap.add_argument("--seed", type=int, default=0, help="trainer.seed of the rows (workdirs <row>_seed<N>)")
   ap.add_argument("--step", type=int, default=None,
                   help="train the named rows only until this checkpoint (same schedule) and evaluate it; use "
                        "its own --out")
@@ -240,8 +260,8 @@ def main():
     for row in a.rows.split(","):
       if row not in ROWS:
         sys.exit(f"unknown row {row!r}; rows: {list(ROWS)}")
-      train(a.out, row, a.step)
-      evaluate(a.out, row, a.n, a.step)
+      train(a.out, row, a.step, a.seed)
+      evaluate(a.out, row, a.n, a.step, a.seed)
   print(report(a.out))
 
 
