@@ -41,12 +41,7 @@ def _read_weights(path: str) -> dict[str, np.ndarray]:
     return {k: np.asarray(r.get(k), np.float32) for k in r.keys()}
   binf = os.path.join(path, "pytorch_model.bin")
   if os.path.exists(binf):
-    try:
-      import torch
-    except ImportError as e:
-      raise CheckpointError(f"{binf}: reading a .bin needs torch (or convert it to model.safetensors)") from e
-    sd = torch.load(binf, map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() for k, v in sd.items() if hasattr(v, "numpy")}
+    return {k: v.astype(np.float32) for k, v in io.read_state_dict(binf).items()}
   raise CheckpointError(f"BLEURT checkpoint {path!r}: no model.safetensors or pytorch_model.bin there")
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shared.errors import CheckpointError
+from shared.weights import io
 
 # (kind, features, kernel, stride, padding, pool after: (window, stride, padding) or None)
 AUDIO_CNN = (
@@ -155,19 +156,7 @@ def load_syncnet(path: str | os.PathLike) -> tuple[SyncNet, dict]:
   path = str(path)
   if not os.path.isfile(path):
     raise CheckpointError(f"SyncNet weight file {path} does not exist")
-  if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    state = load_file(path)
-  elif path.endswith(".npz"):
-    state = dict(np.load(path))
-  else:
-    try:
-      import torch
-    except ImportError as e:
-      raise CheckpointError(f"{path}: a PyTorch state dict needs torch installed "
-                            "(or convert it to .safetensors)") from e
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v.float().numpy() for k, v in sd.items() if hasattr(v, "numpy")}
+  state = {k: np.asarray(v, np.float32) for k, v in io.read_state_dict(path).items()}
   variables = convert_torch_state_dict(state)
   dim = variables["params"]["aud"]["aud_fc1"]["kernel"].shape[1]
   return SyncNet(embed_dim=dim), jax.tree.map(jnp.asarray, variables)

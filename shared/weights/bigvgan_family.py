@@ -13,7 +13,7 @@ persistent buffers (`*.upsample.filter`, `*.downsample.lowpass.filter` [1, 1, 12
 against our fixed Kaiser-sinc taps, export writes them.
 
 Entry points: `import_bigvgan(state_dict, config)`, `export_bigvgan(params, config)`,
-`read_state_dict(path)` (.safetensors or a torch file via torch.load(weights_only=True)), `load_bigvgan(path)`
+`io.read_state_dict(path)` (.safetensors, or a torch file via torch.load(weights_only=True)), `load_bigvgan(path)`
 (a directory with config.json + bigvgan_generator.pt/.safetensors, or a weights file plus a config),
 `save_bigvgan(params, config, dir)` (NVIDIA's release layout: config.json + bigvgan_generator.pt =
 {"generator": state_dict}, what `bigvgan.bigvgan.BigVGAN.from_pretrained(dir)` of PyPI `bigvgan` reads).
@@ -167,30 +167,6 @@ def export_bigvgan(params: dict, config: BigVGANConfig, *, style: str = "weight_
   return out
 
 
-def read_state_dict(path: str, *, unwrap: tuple[str, ...] = ("generator", "state_dict", "model")) -> dict:
-  """A .safetensors file, or a torch checkpoint via torch.load(weights_only=True) (lazy torch import);
-  a dict holding the state_dict under one of `unwrap` is unwrapped."""
-  if not os.path.isfile(path):
-    raise CheckpointError(f"weights file {path} not found")
-  if path.endswith(".safetensors"):
-    reader = io.SafetensorsReader(path)
-    return {k: reader.get(k) for k in reader.keys()}
-  try:
-    import torch  # noqa: PLC0415 (optional dependency, only for .pt/.pth files)
-  except ImportError as e:
-    raise CheckpointError(f"reading {path} needs torch (pip install torch) or a .safetensors copy") from e
-  try:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # pickle errors, truncated files, ...
-    raise CheckpointError(f"torch.load({path}, weights_only=True) failed: {e}") from None
-  for k in unwrap:
-    if isinstance(sd, dict) and k in sd and isinstance(sd[k], dict):
-      sd = sd[k]
-  if not isinstance(sd, dict):
-    raise CheckpointError(f"{path} holds a {type(sd).__name__}, expected a state_dict")
-  return {k: to_numpy(v) for k, v in sd.items()}
-
-
 def load_bigvgan(path: str, config: BigVGANConfig | None = None, *, dtype=jnp.float32,
                  compute_dtype=jnp.float32) -> tuple[BigVGAN, dict]:
   """A directory (config.json + bigvgan_generator.pt or *.safetensors) or a weights file -> (model, params)."""
@@ -208,7 +184,7 @@ def load_bigvgan(path: str, config: BigVGANConfig | None = None, *, dtype=jnp.fl
     weights = os.path.join(path, names[0])
   if config is None:
     raise ConfigError(f"loading {path}: a weights file needs a BigVGANConfig")
-  return BigVGAN(config, dtype=compute_dtype), import_bigvgan(read_state_dict(weights), config, dtype=dtype)
+  return BigVGAN(config, dtype=compute_dtype), import_bigvgan(io.read_state_dict(weights), config, dtype=dtype)
 
 
 def save_bigvgan(params: dict, config: BigVGANConfig, path: str, *, extra: dict | None = None) -> None:

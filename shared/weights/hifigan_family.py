@@ -13,8 +13,8 @@ weight norm in either form (torch.nn.utils.weight_norm `weight_g`/`weight_v`; pa
 `parametrizations.weight.original0`/`original1`, what apply_weight_norm makes on torch >= 2.1) is folded
 into plain kernels (w = g * v / ||v||, norm over every axis but 0, as torch's dim=0), the original HiFi-GAN /
 AudioLDM naming `ups.{i}` is read as `upsampler.{i}`, and absent mean/scale buffers (the original generator
-has none) default to 0 / 1 when normalize_before is False. A .pt file: shared.weights.bigvgan_family.
-read_state_dict (torch.load(weights_only=True), unwraps {"generator": ...}).
+has none) default to 0 / 1 when normalize_before is False. A .pt file: shared.weights.io.read_state_dict
+ (torch.load(weights_only=True), unwraps {"generator": ...}).
 
 config.json keys from_config does not read are carried in HifiGanConfig.hf_extra and written back.
 """

@@ -130,6 +130,43 @@ def to_numpy(v) -> np.ndarray:
   return np.asarray(v)
 
 
+def load_torch_state_dict(path: str, *, unwrap: tuple[str, ...] = ("generator", "state_dict", "model")) -> dict:
+  """A torch checkpoint file (.pt/.pth/.bin/...) -> its state dict {key: torch tensor}, read with
+  torch.load(weights_only=True) (no pickled code runs; torch imported lazily). A dict holding the state dict under
+  one of `unwrap` is unwrapped (in that order, nested wrappers too); entries that are not tensors are dropped."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f"weights file {path} not found")
+  try:
+    import torch  # noqa: PLC0415 (optional dependency, only for torch files)
+  except ImportError:
+    raise CheckpointError(f"reading {path} needs torch (pip install torch), or convert it to .safetensors") from None
+  try:
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # noqa: BLE001 -- pickle errors, truncated files, ...
+    raise CheckpointError(f"{path}: torch.load(weights_only=True) failed: {type(e).__name__}: {e}") from None
+  for k in unwrap:
+    if isinstance(sd, dict) and isinstance(sd.get(k), dict):
+      sd = sd[k]
+  if not isinstance(sd, dict):
+    raise CheckpointError(f"{path} holds a {type(sd).__name__}, expected a state dict")
+  return {k: v for k, v in sd.items() if hasattr(v, "shape")}
+
+
+def read_state_dict(path: str, *, unwrap: tuple[str, ...] = ("generator", "state_dict", "model")
+                    ) -> dict[str, np.ndarray]:
+  """A weights file -> {key: numpy array}: .safetensors, .npz, or a torch checkpoint (load_torch_state_dict;
+  bf16/fp16 tensors widened to fp32)."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f"weights file {path} not found")
+  if path.endswith(".safetensors"):
+    reader = SafetensorsReader(path)
+    return {k: reader.get(k) for k in reader.keys()}
+  if path.endswith(".npz"):
+    with np.load(path) as z:
+      return {k: z[k] for k in z.files}
+  return {k: to_numpy(v) for k, v in load_torch_state_dict(path, unwrap=unwrap).items()}
+
+
 class StateDictReader:
   """An in-memory state_dict (torch tensors or arrays) behind the reader interface: keys(), shape(key), get(key)."""
 

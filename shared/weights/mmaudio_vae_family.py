@@ -28,7 +28,6 @@ from flax import traverse_util
 from shared.errors import CheckpointError
 from shared.models.mmaudio_vae import MMAudioVAE, MMAudioVAEConfig, init_params
 from shared.weights import io, table
-from shared.weights.bigvgan_family import read_state_dict
 from shared.weights.io import to_numpy
 from shared.weights.table import IDENTITY, Row
 
@@ -88,4 +87,4 @@ def export_mmaudio_vae(params: dict, config: MMAudioVAEConfig, *, dtype=np.float
 def load_mmaudio_vae(path: str, config: MMAudioVAEConfig, *, dtype=jnp.float32,
                      compute_dtype=jnp.float32) -> tuple[MMAudioVAE, dict]:
   """A weights file (.safetensors, or .pth/.pt read with torch.load(weights_only=True)) -> (model, params)."""
-  return MMAudioVAE(config, dtype=compute_dtype), import_mmaudio_vae(read_state_dict(path), config, dtype=dtype)
+  return MMAudioVAE(config, dtype=compute_dtype), import_mmaudio_vae(io.read_state_dict(path), config, dtype=dtype)

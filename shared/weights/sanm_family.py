@@ -271,20 +271,7 @@ def _reader(path: str):
     return io.SafetensorsReader(path), st
   if not os.path.exists(pt):
     raise CheckpointError(f"{path}: no model.safetensors nor model.pt")
-  try:
-    import torch
-  except ImportError:
-    raise CheckpointError(f"{pt}: reading model.pt needs torch (pip install torch), or convert it to "
-                          "model.safetensors") from None
-  try:
-    sd = torch.load(pt, map_location="cpu", weights_only=True)
-  except Exception as e:  # noqa: BLE001 -- pickle errors, truncated files
-    raise CheckpointError(f"{pt}: torch.load(weights_only=True) failed: {type(e).__name__}: {e}") from None
-  for wrapper in ("state_dict", "model"):   # FunASR's load_pretrained_model unwraps these
-    if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
-      sd = sd[wrapper]
-  if not isinstance(sd, dict):
-    raise CheckpointError(f"{pt}: expected a state dict, got {type(sd).__name__}")
+  sd = io.load_torch_state_dict(pt, unwrap=("state_dict", "model"))   # FunASR's load_pretrained_model unwraps these
   return io.StateDictReader(sd), pt
 
 

@@ -148,3 +148,29 @@ def test_load_straight_into_shardings(qwen):
   assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
   assert q.addressable_shards[0].data.shape == (2, 20, 48)
   jax.tree.map(np.testing.assert_array_equal, sharded, params)
+
+
+def test_read_state_dict_torch_npz_safetensors_and_errors(tmp_path):
+  """One reader of weights files for every family and metric: torch checkpoints (wrapped, bf16), .npz,
+  .safetensors give the same arrays; broken files raise CheckpointError naming the file."""
+  w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+  b = torch.tensor([0.5, -1.0], dtype=torch.bfloat16)
+  torch.save({"epoch": 3, "state_dict": {"model": {"w": w, "b": b, "step": 7}}}, tmp_path / "ck.pt")
+  np.savez(tmp_path / "ck.npz", w=w.numpy(), b=b.float().numpy())
+  from safetensors.torch import save_file
+  save_file({"w": w, "b": b.float()}, str(tmp_path / "ck.safetensors"))
+  for name in ("ck.pt", "ck.npz", "ck.safetensors"):
+    sd = io.read_state_dict(str(tmp_path / name))
+    assert sorted(sd) == ["b", "w"], name
+    np.testing.assert_array_equal(sd["w"], w.numpy())
+    assert sd["b"].dtype == np.float32 and sd["b"].tolist() == [0.5, -1.0]
+  raw = io.load_torch_state_dict(str(tmp_path / "ck.pt"))
+  assert raw["b"].dtype == torch.bfloat16                     # the raw reader keeps torch's dtypes (lazy readers)
+  (tmp_path / "bad.pt").write_bytes((tmp_path / "ck.pt").read_bytes()[:50])
+  with pytest.raises(CheckpointError, match="bad.pt.*weights_only"):
+    io.read_state_dict(str(tmp_path / "bad.pt"))
+  torch.save([w], tmp_path / "list.pt")
+  with pytest.raises(CheckpointError, match="list.pt holds a list"):
+    io.read_state_dict(str(tmp_path / "list.pt"))
+  with pytest.raises(CheckpointError, match="missing.pt not found"):
+    io.read_state_dict(str(tmp_path / "missing.pt"))
