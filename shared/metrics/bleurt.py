@@ -34,6 +34,9 @@ ACTS = {"gelu": lambda x: jax.nn.gelu(x, approximate=False), "gelu_new": lambda 
         "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True), "relu": jax.nn.relu}
 
 
+LENGTH_BUCKET = 32   # token lengths are padded up to a multiple of this (fewer recompilations)
+
+
 def _read_weights(path: str) -> dict[str, np.ndarray]:
   st = [os.path.join(path, n) for n in (io.SINGLE, io.INDEX)]
   if any(os.path.exists(p) for p in st):
@@ -131,8 +134,15 @@ class BleurtScorer:
     for i in range(0, len(references), self.batch_size):
       x = self.tokenizer(list(references[i:i + self.batch_size]), list(candidates[i:i + self.batch_size]),
                          padding="longest", truncation=True, max_length=self.max_length, return_tensors="np")
-      types = x.get("token_type_ids", np.zeros_like(x["input_ids"]))
-      out.append(np.asarray(self._forward(self.params, jnp.asarray(x["input_ids"], jnp.int32),
-                                          jnp.asarray(types, jnp.int32),
-                                          jnp.asarray(x["attention_mask"], jnp.int32))))
+      ids, mask = x["input_ids"], x["attention_mask"]
+      types = x.get("token_type_ids", np.zeros_like(ids))
+      # one compiled program per length bucket (a multiple of LENGTH_BUCKET) at the full batch size: padded
+      # positions are masked as keys and padded rows are dropped, so the scores do not depend on the padding
+      n, length = ids.shape
+      bucket = min(-(-length // LENGTH_BUCKET) * LENGTH_BUCKET, self.max_length)
+      pad = ((0, self.batch_size - n), (0, bucket - length))
+      ids = np.pad(ids, pad, constant_values=self.tokenizer.pad_token_id or 0)
+      types, mask = np.pad(types, pad), np.pad(mask, pad)
+      out.append(np.asarray(self._forward(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(types, jnp.int32),
+                                          jnp.asarray(mask, jnp.int32)))[:n])
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)

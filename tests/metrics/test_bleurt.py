@@ -81,6 +81,7 @@ def test_scores_equal_the_transformers_models(tmp_path, projected, fmt):
   alone = np.array([scorer([r], [h])[0] for r, h in zip(REFS, HYPS)])                 # padding changes nothing
   np.testing.assert_allclose(alone, got, rtol=1e-5, atol=1e-5)
   assert scorer(REFS[:1], REFS[:1]).shape == (1,) and scorer([], []).shape == (0,)
+  assert scorer._forward._cache_size() == 1          # every length up to 32 tokens, any batch: one program
 
 
 def test_bad_checkpoints_are_named(tmp_path):
