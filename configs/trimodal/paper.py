@@ -70,9 +70,12 @@ FEAT/<split>/<SENTENCE_NAME>.npy [T, 768] (float16 by default: 600 frames = 0.9 
 the sign encoder is then not built (no sign_encoder/ params) and the batch's sign is [B, T, 768] float32.
 Compiled memory of stage 1 with precomputed sign features on v6e-8 (`python -m shared.scaling compile --config
 configs/trimodal/paper.py:stage1 --topology v6e-8 --config.tokenizer.path=TOK --config.model.precomputed='("sign",)'
---config.data.sign_features=FEAT`): not measured - the compile did not finish within 15 min of CPU on the shared
-2-core machine (stopped at 826 s CPU, 34 min wall). Abstract shapes only: batch_spec sign [8, 600, 768] float32
-(no frames), 3.879 B parameters at init (no sign_encoder/: the Swin-T's 27.9 M gone).
+--config.data.sign_features=FEAT`, TOK as above, FEAT an empty directory: only shapes are read): 3.879 B parameters
+(no sign_encoder/: the Swin-T's 27.9 M gone), 33.99 M trainable, fsdp=8, one 600-frame clip per chip, batch_spec sign
+[8, 600, 768] float32 (no frames): TrainState 3.93 GiB per chip (params 3.88, Adam 0.06; the encoders kept whole by
+trainer.replicate), argument 3.94 GiB, HLO temporaries 2.00 GiB, peak 5.94 GiB of 32 GiB (19 %): fits, where the
+in-graph Swin needed 47.4 GiB. Compiled by libtpu's XLA:TPU in 1,276 s on the 2-core box (2026-12-01; the JSON line:
+benchmarks/results/trimodal_paper_compile.jsonl).
 
 `python -m trimodal_jax.train --config configs/trimodal/paper.py:stage1 --workdir W ...` (a later step).
 """
