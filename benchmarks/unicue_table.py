@@ -16,6 +16,9 @@ the corpus is fixed):
   unicue_no_adapter   UniCUE*: Z_mv straight into the UNet's cross-attention (reads csr_s0)
   unicue_aligned, single_aligned   not the paper's: the adapter output also enters the UNet input frame-aligned
                       (configs/unicue/tiny.py word `aligned`, model.concat_condition)
+  oracle_aligned, oracle   a diagnostic: stage 2 conditioned on the true syllable of every frame (an embedding in
+                      place of the processor, model.oracle_units), with / without the frame-aligned input: what the
+                      generator learns in the budget from a perfect CSR representation
 A row runs its dependencies first if their releases are missing; finished rows (W/<row>/eval/*.json) are skipped,
 interrupted ones resume from their checkpoints. Each step is a subprocess; --taskset N pins them to one core.
 """
@@ -43,6 +46,7 @@ ROWS = {
     "unicue_no_adapter": ("v2s,no_adapter", "v2s", 0, "csr_s0"),
     "unicue_aligned": ("v2s,aligned", "v2s", 0, "csr_s0"),
     "single_aligned": ("v2s,single,aligned", "v2s", 0, None),
+    "oracle_aligned": ("v2s,oracle,aligned", "v2s", 0, None), "oracle": ("v2s,oracle", "v2s", 0, None),
 }
 LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), seed 1",
           "csr_no_pose": "CSR++ (no pose stream)", "csr_no_align": "CSR‡ (no alignment pool)",
@@ -52,7 +56,9 @@ LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), s
           "unicue_no_align": "UniCUE‡ (no alignment pool)", "unicue_no_adapter": "UniCUE* (no VPA adapter)",
           "unicue_aligned": "UniCUE + frame-aligned condition (ours)",
           "single_aligned": "single CSV2S + frame-aligned condition (ours)",
-          "unicue_aligned_long": "UniCUE + frame-aligned condition (ours), 2,500 steps"}
+          "unicue_aligned_long": "UniCUE + frame-aligned condition (ours), 2,500 steps",
+          "oracle_aligned": "oracle: true syllables, frame-aligned + cross-attention (diagnostic)",
+          "oracle": "oracle: true syllables, cross-attention only (diagnostic)"}
 
 
 def run(cmd: list[str], log: str, core: int | None):

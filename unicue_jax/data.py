@@ -17,6 +17,8 @@ Example (host side, numpy; `prepare`), with F = data.frames and S = data.image_s
   pose_maps  [T, S, S, 3] uint8   OpenPose-style skeleton images of the same region (shared.data.pose:
                                   synthcue_to_openpose + pose_maps, drawn at S x S in the crop's coordinates)
   tokens     [N] int32            transcript ids (characters or syllables), without specials
+  syllables  [T] int32            (part "syllables", SynthCue only: the stage-2 oracle, model.oracle_units) the
+                                  true syllable of every frame: 0 = none, 1 + its pinyin id (shared/text/pinyin_vocab)
   mel        [M, 64] float32      the AudioLDM log-mel of the clip's audio (shared.data.audioldm_mel: loudness-
                                   normalised wav, 16 kHz, hop 160, natural log; not normalised), padded with
                                   silence / cut to M = F * mel_per_frame frames (4 at 25 fps)
@@ -257,7 +259,7 @@ def clip_mel(audio: np.ndarray, m: int) -> np.ndarray:
 
 def prepare(sample, *, data, vocab: Vocab, parts: tuple[str, ...] = ("visual", "tokens")) -> dict | None:
   """sample -> example dict (module docstring); None drops the clip. parts: any of "visual" (video,
-  pose_maps), "tokens", "mel"."""
+  pose_maps), "tokens", "mel", "syllables"."""
   if sample is None:
     return None
   out = {}
@@ -289,6 +291,8 @@ def prepare(sample, *, data, vocab: Vocab, parts: tuple[str, ...] = ("visual", "
                   max(data.label_buckets))
       return None
     out["tokens"] = ids
+  if "syllables" in parts:
+    out["syllables"] = frame_syllables(sample)
   if "mel" in parts:
     audio = sample.get("audio")
     if audio is None or np.ndim(audio) != 1:
@@ -297,13 +301,31 @@ def prepare(sample, *, data, vocab: Vocab, parts: tuple[str, ...] = ("visual", "
   return out
 
 
+def frame_syllables(sample) -> np.ndarray:
+  """SynthCue's truth -> [T] int32: 1 + the pinyin id of the syllable spoken at each video frame, 0 outside."""
+  where = _where(sample)
+  spans, ids = sample.get("syllable_frames"), sample.get("syllable_ids")
+  if spans is None or ids is None:
+    raise DataError("the oracle condition needs per-syllable truth 'syllable_frames' [N, 2] and 'syllable_ids' [N] "
+                    "(SynthCue only)", path=where, key="syllable_frames")
+  t = len(sample["mouth_open"]) if sample.get("mouth_open") is not None else int(np.max(spans)) + 1
+  out = np.zeros(t, np.int32)
+  for (start, end), sid in zip(np.asarray(spans), np.asarray(ids)):
+    out[int(start):int(end)] = int(sid) + 1
+  return out
+
+
 def batch_fn(data, parts: tuple[str, ...]):
-  """Padded batch: video / pose_maps [B, F, S, S, 3] uint8 (+ video_lengths / video_mask), tokens [B, L] (+
+  """Padded batch: video / pose_maps [B, F, S, S, 3] uint8 (+ video_lengths / video_mask), syllables [B, F] (+
+  syllables_lengths / syllables_mask; pad 0), tokens [B, L] (+
   tokens_lengths / tokens_mask; pad value <pad>), mel [B, M, 64] float32."""
   keys, buckets, fixed = [], {}, []
   if "visual" in parts:
     keys += ["video", "pose_maps"]
     buckets.update(video=[int(data.frames)], pose_maps=[int(data.frames)])
+  if "syllables" in parts:
+    keys.append("syllables")
+    buckets["syllables"] = [int(data.frames)]
   if "tokens" in parts:
     keys.append("tokens")
     buckets["tokens"] = list(data.label_buckets)

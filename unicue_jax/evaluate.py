@@ -275,10 +275,10 @@ def condition_use(task, variables, cfg, split: str, n: int, seed: int = 0,
   from unicue_jax.task import _cached, normalize_mel
   model, schedule = task.model, audioldm_schedule()
 
-  def mses(v, mel, video, pose_maps, mask, noise):
+  def mses(v, mel, video, pose_maps, mask, noise, syllables):
     mean, _ = model.apply(v, normalize_mel(mel, cfg.data), method=UniCueV2S.encode_mel)
     z0 = mean * v["params"]["latent_scale"]
-    ctx, labels = model.apply(v, video, pose_maps, mask, method=UniCueV2S.condition)
+    ctx, labels = model.apply(v, video, pose_maps, mask, syllables=syllables, method=UniCueV2S.condition)
     conds = {"": (ctx, labels, mask), "_shuffled": jax.tree.map(lambda a: jnp.roll(a, 1, 0), (ctx, labels, mask)),
              "_zero": (jnp.zeros_like(ctx), None if labels is None else jnp.zeros_like(labels), mask)}
     out = {}
@@ -298,8 +298,9 @@ def condition_use(task, variables, cfg, split: str, n: int, seed: int = 0,
     f = 2 ** (len(model.config.vae.block_out_channels) - 1)
     shape = (len(timesteps), mel.shape[0], mel.shape[1] // f, 64 // f, model.config.vae.latent_channels)
     noise = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+    syl = batch.get("syllables")
     out = run(variables, mel, jnp.asarray(batch["video"]), jnp.asarray(batch["pose_maps"]),
-              jnp.asarray(batch["video_mask"]), noise)
+              jnp.asarray(batch["video_mask"]), noise, None if syl is None else jnp.asarray(syl))
     k = len(infos)
     for name, v in out.items():
       sums[name] = sums.get(name, 0.0) + float(np.asarray(v)[:k].sum())

@@ -40,6 +40,10 @@ tiny, 1000 steps: template SER 1.02 vs chance 1.09, sync 0.38 vs 0.34 shuffled).
 sinusoids of the latent frame index (periods 6 to ~600 frames) as P extra UNet input channels (queries then know their time);
 model.concat_condition k adds the adapter output Z'_mv, projected to k channels and resampled to the latent frames,
 as k more input channels (a frame-aligned condition beside the cross-attention). Both widen conv_in only.
+Oracle (a diagnostic, not the paper's): model.oracle_units > 0 replaces the processor by an embedding of the true
+syllable of every frame (`syllables` [B, T] int32, 0 = silence, 1 + the syllable's pinyin id; data part
+"syllables", SynthCue only): Z_mv = Embed(syllables) [B, T, D], the condition a perfect frame-aligned CSR
+representation would give. Whatever the generator cannot learn from it, it cannot learn from the video.
 """
 from __future__ import annotations
 
@@ -116,6 +120,8 @@ class UniCueConfig:
   freeze_processor: bool = True     # stage 2: the processor comes frozen from stage 1 (False: single_v2s)
   time_channels: int = 0            # stage 2: sinusoids of the latent frame index concatenated to the UNet input
   concat_condition: int = 0         # stage 2: channels of the frame-aligned condition concatenated to the UNet input
+  oracle_units: int = 0             # stage 2 diagnostic, not the paper's: > 0 conditions on an embedding of the true
+                                    # per-frame syllable id (ids < oracle_units) instead of the processor (Oracle)
 
   def __post_init__(self):
     if self.stage not in STAGES:
@@ -130,6 +136,8 @@ class UniCueConfig:
       raise ConfigError(f"model.processor.temporal_kernel={p.temporal_kernel}: expected an odd size >= 1")
     if a.query_init not in QUERY_INITS:
       raise ConfigError(f"model.adapter.query_init={a.query_init!r}: expected one of {QUERY_INITS}")
+    if self.oracle_units < 0 or (self.oracle_units and self.stage != "v2s"):
+      raise ConfigError(f"model.oracle_units={self.oracle_units}: a stage-2 diagnostic (stage 'v2s'), >= 0")
     if self.stage == "v2s":
       u = self.unet
       extra = self.time_channels + self.concat_condition
@@ -326,16 +334,25 @@ class UniCueV2S(nn.Module):
       self.class_proj = Dense(c.unet.projection_class_embeddings_input_dim, True, (None, "embed"))
     if c.concat_condition:
       self.cond_proj = Dense(c.concat_condition, True, (None, "embed"))
+    if c.oracle_units:
+      self.oracle = Embed(c.oracle_units, c.processor.dim)
     self.unet = UNet2DCondition(c.unet)
     self.vae = AutoencoderKL(c.vae)
     self.latent_scale = self.param("latent_scale", nn.with_logical_partitioning(nn.initializers.ones, ()), (),
                                    jnp.float32)
 
-  def condition(self, video, pose_maps, mask, train: bool = False):
-    """-> (context [B, L, d_ctx], class_labels [B, P] or None): what the UNet is conditioned on."""
-    _, _, z_mv = self.processor(video, pose_maps, mask, train and not self.config.freeze_processor)
-    if self.config.freeze_processor:
-      z_mv = jax.lax.stop_gradient(z_mv)
+  def condition(self, video, pose_maps, mask, train: bool = False, syllables=None):
+    """-> (context [B, L, d_ctx], class_labels [B, P] or None): what the UNet is conditioned on. syllables [B, T]
+    int32: the oracle's input (model.oracle_units > 0), else unused."""
+    if self.config.oracle_units:
+      if syllables is None:
+        raise ConfigError("model.oracle_units > 0 conditions on the true syllables: the batch needs 'syllables' "
+                          "[B, T] (data part 'syllables', SynthCue only)")
+      z_mv = jnp.where(mask[..., None], self.oracle(syllables), 0).astype(jnp.float32)
+    else:
+      _, _, z_mv = self.processor(video, pose_maps, mask, train and not self.config.freeze_processor)
+      if self.config.freeze_processor:
+        z_mv = jax.lax.stop_gradient(z_mv)
     ctx = self.adapter(z_mv, mask) if self.config.adapter.enabled else z_mv
     labels = None
     if self.config.unet.class_embed_type is not None:
@@ -367,16 +384,16 @@ class UniCueV2S(nn.Module):
     """Scaled latents [B, h, w, C] -> mel [B, M, 64] (VAE's input scale)."""
     return self.vae.decode(latents / self.latent_scale)[..., 0]
 
-  def __call__(self, latents, t, video, pose_maps, mask, train: bool = False):
-    ctx, labels = self.condition(video, pose_maps, mask, train)
+  def __call__(self, latents, t, video, pose_maps, mask, train: bool = False, syllables=None):
+    ctx, labels = self.condition(video, pose_maps, mask, train, syllables)
     return self.denoise(latents, t, ctx, labels, mask)
 
-  def init_all(self, video, pose_maps, mask, mel):
+  def init_all(self, video, pose_maps, mask, mel, syllables=None):
     """Creates every parameter (the VAE's too)."""
     mean, _ = self.encode_mel(mel)
     z = mean * self.latent_scale
     t = jnp.zeros((mel.shape[0],), jnp.int32)
-    eps = self(z, t, video, pose_maps, mask)
+    eps = self(z, t, video, pose_maps, mask, syllables=syllables)
     return eps, self.decode_latents(z)
 
 

@@ -212,11 +212,11 @@ def v2s_loss_fn(model: UniCueV2S, cfg):
     zt = q_sample(schedule, z0, noise, t)
     kw = dict(train=True)
     if frozen_proc:
-      eps, new_state = model.apply(variables, zt, t, batch["video"], batch["pose_maps"], batch["video_mask"], **kw), \
-          model_state
+      eps, new_state = model.apply(variables, zt, t, batch["video"], batch["pose_maps"], batch["video_mask"],
+                                   syllables=batch.get("syllables"), **kw), model_state
     else:
       eps, new_state = model.apply(variables, zt, t, batch["video"], batch["pose_maps"], batch["video_mask"],
-                                   mutable=list(model_state), **kw)
+                                   syllables=batch.get("syllables"), mutable=list(model_state), **kw)
     per_ex = jnp.mean(jnp.square(eps - noise), axis=(1, 2, 3))
     return jnp.sum(per_ex), {"weight": jnp.asarray(b, jnp.float32), "latent_std": jnp.std(z0)}, new_state
 
@@ -236,17 +236,18 @@ class Generator:
     self._run = _cached(("generate", model) + static, lambda: functools.partial(_generate, model, *static))
 
   def generate(self, variables, batch, seed: int = 0) -> np.ndarray:
+    syl = batch.get("syllables")
     return np.asarray(jax.device_get(self._run(variables, jnp.asarray(batch["video"]),
                                                jnp.asarray(batch["pose_maps"]), jnp.asarray(batch["video_mask"]),
-                                               jax.random.key(seed))))
+                                               jax.random.key(seed), None if syl is None else jnp.asarray(syl))))
 
 
 def _generate(model: UniCueV2S, steps: int, eta: float, latent: tuple, mel_mean: float, mel_std: float, variables,
-              video, pose_maps, mask, rng):
-  """DDIM from N(0, I) latents [B, *latent] -> raw log-mel [B, M, 64]."""
+              video, pose_maps, mask, rng, syllables=None):
+  """DDIM from N(0, I) latents [B, *latent] -> raw log-mel [B, M, 64]. syllables: the oracle's input."""
   schedule = audioldm_schedule()
   plan = ddim_plan(schedule, steps, "leading", steps_offset=1)
-  ctx, labels = model.apply(variables, video, pose_maps, mask, method=UniCueV2S.condition)
+  ctx, labels = model.apply(variables, video, pose_maps, mask, syllables=syllables, method=UniCueV2S.condition)
   r0, r1 = jax.random.split(rng)
   x = jax.random.normal(r0, (video.shape[0],) + tuple(latent), jnp.float32)
 
@@ -323,7 +324,7 @@ def vae_loss_fn(model, cfg):
 def make_task(cfg, model=None) -> train_lib.Task:
   check_config(cfg)
   stage = cfg.model.stage
-  parts = PARTS[stage]
+  parts = PARTS[stage] + (("syllables",) if stage == "v2s" and cfg.model.get("oracle_units", 0) else ())
   vocab = data_lib.vocab(cfg.data) if stage == "csr" else None
   mc = model_config(cfg, vocab)
   model = model or model_from_config(mc)
@@ -351,9 +352,11 @@ def make_task(cfg, model=None) -> train_lib.Task:
     task.recognizer = Recognizer(model, cfg, vocab)
   elif stage == "v2s":
     def init_params(rng, batch):
-      return model.init(rng, jnp.asarray(batch["video"]), jnp.asarray(batch["pose_maps"]),
-                        jnp.asarray(batch["video_mask"]), normalize_mel(jnp.asarray(batch["mel"]), cfg.data),
-                        method=UniCueV2S.init_all)
+      syl = batch.get("syllables")
+      out = model.init(rng, jnp.asarray(batch["video"]), jnp.asarray(batch["pose_maps"]),
+                       jnp.asarray(batch["video_mask"]), normalize_mel(jnp.asarray(batch["mel"]), cfg.data),
+                       None if syl is None else jnp.asarray(syl), method=UniCueV2S.init_all)
+      return {"batch_stats": {}, **out}          # the oracle has no processor, so no BatchNorm statistics
 
     frozen = ("vae/", "latent_scale") + (("processor/",) if mc.freeze_processor else ())
 

@@ -7,7 +7,9 @@
             no_adapter (UniCUE*: Z_mv straight into the UNet) | single (single CSV2S: no stage 1; the processor
             trains from scratch in stage 2) | aligned (ours, not the paper's: the adapter output also enters the
             UNet input as 16 frame-aligned channels, model.concat_condition) | lips_only / hand_only (SynthCue
-            inputs keep one half of cued speech: data.cues, see unicue_jax/data.py)
+            inputs keep one half of cued speech: data.cues, see unicue_jax/data.py) | oracle (a diagnostic, not
+            the paper's: stage 2 conditioned on the true syllable of every frame instead of the processor,
+            model.oracle_units; needs no csr= release)
   paths     csr=REL (a stage-1 release: python -m unicue_jax.export; fills init.processor and
             init.processor_frontend) and vae=REL (a 'vae' release: fills init.vae)
 e.g.  --config configs/unicue/tiny.py                                   (stage 1)
@@ -28,11 +30,12 @@ import ml_collections
 
 from shared.config import model_section, trainer_config
 from shared.models.autoencoder_kl import audioldm_config
+from shared.text.pinyin import load_pinyin_vocab
 from shared.weights.init import init_entry
 from unicue_jax.model import UniCueConfig
 
 STAGES = ("csr", "vae", "v2s")
-ABLATIONS = ("no_pose", "no_align", "no_adapter", "single", "aligned", "lips_only", "hand_only")
+ABLATIONS = ("no_pose", "no_align", "no_adapter", "single", "aligned", "lips_only", "hand_only", "oracle")
 
 
 def parse_arg(arg: str) -> tuple[str, set, dict]:
@@ -97,7 +100,9 @@ def get_config(arg: str = ""):
       freeze_processor="single" not in ablations,
       # the UNet input: 4 latent channels + 8 sinusoids of the latent frame (AudioLDM's UNet has no position code:
       # without them cross-attention could not align syllables with frames, see unicue_jax/model.py)
-      time_channels=8, concat_condition=16 if "aligned" in ablations else 0)
+      time_channels=8, concat_condition=16 if "aligned" in ablations else 0,
+      # oracle: 0 = silence, 1 + the pinyin id of the frame's syllable (SynthCue's syllable_ids index pinyin_vocab)
+      oracle_units=len(load_pinyin_vocab()) + 1 if "oracle" in ablations else 0)
   if "no_adapter" in ablations:
     c.model.unet.cross_attention_dim = 64      # = processor.dim: Z_mv enters the UNet as it is
   # align: "cosine" = eqs. 5-6 as written: without negatives it collapses (measured, 1500 steps: L_S 0.001, Z_v
@@ -125,7 +130,7 @@ def get_config(arg: str = ""):
     if "vae" in paths:
       c.init.vae.path = f"{paths['vae'].rstrip('/')}/vae"
     c.trainer.optimizer.learning_rate = 1e-3
-    if "single" in ablations:
+    if "single" in ablations or "oracle" in ablations:
       c.objective.require_processor_init = False
   elif paths:
     raise ValueError(f"configs/unicue: csr= / vae= paths are for stage v2s, not {stage!r}")

@@ -287,6 +287,43 @@ def test_stage2_reads_both_releases_frozen_and_generates(stage1, vae, stage2, tm
   np.testing.assert_array_equal(ad["adapter/queries"], q)
 
 
+def test_stage2_oracle_conditions_on_the_true_syllables(vae, tmp_path):
+  """The diagnostic oracle (tiny.py word `oracle`): SynthCue's per-frame syllable ids, an embedding in place of the
+  processor (no stage-1 release), gradients reach it, and generation reads the ids."""
+  cfg = micro(f"v2s,oracle,vae={vae[3]}")
+  cfg.trainer.total_steps = cfg.trainer.checkpoint.every_steps = 2
+  task = make_task(cfg)
+  assert "syllables" in task.parts and task.model_config.oracle_units == 397
+  s = data_lib.source(cfg.data, "train")[0]
+  ids = data_lib.frame_syllables(s)
+  inside = np.zeros(len(ids), bool)
+  assert ids.shape == (s["video"].shape[0],)
+  for (a, b), sid in zip(s["syllable_frames"], s["syllable_ids"]):
+    assert (ids[a:b] == sid + 1).all()
+    inside[a:b] = True
+  assert not ids[~inside].any() and inside.any()
+  with pytest.raises(DataError, match="syllable_frames"):
+    data_lib.frame_syllables({"path": "clip.mp4"})
+  result = train_lib.train(cfg, task, str(tmp_path / "wd"))
+  v = result.state.variables
+  assert "processor" not in v["params"] and np.all(np.isfinite(_losses(str(tmp_path / "wd"))))
+  batch = next(data_lib.eval_batches(cfg.data, None, "test", 8, 8, task.parts))[0]
+  assert batch["syllables"].shape == (8, cfg.data.frames) and batch["syllables"].any()
+  from unicue_jax.model import UniCueV2S
+  args = [jnp.asarray(batch[k]) for k in ("video", "pose_maps", "video_mask")]
+
+  def ctx_norm(params):
+    ctx, _ = task.model.apply({**v, "params": params}, *args, syllables=jnp.asarray(batch["syllables"]),
+                              method=UniCueV2S.condition)
+    return jnp.sum(ctx ** 2)
+  assert float(jnp.abs(jax.grad(ctx_norm)(v["params"])["oracle"]["embedding"]).sum()) > 0
+  gen = task.generator.generate(v, batch)
+  gen0 = task.generator.generate(v, {**batch, "syllables": np.zeros_like(batch["syllables"])})
+  assert np.isfinite(gen).all() and np.abs(gen - gen0).max() > 1e-6
+  with pytest.raises(ConfigError, match="syllables"):
+    task.generator.generate(v, {k: x for k, x in batch.items() if k != "syllables"})
+
+
 def test_paper_config_builds_abstractly(tmp_path):
   """configs/unicue/paper.py at paper size under jax.eval_shape (no memory): MBart-large-50 sizes, ResNet-18
   processor, AudioLDM-s-full UNet and mel VAE."""
