@@ -290,7 +290,7 @@ def bench_e2e(size: str, seconds: float, ddim_steps: int, repeats: int, dev: str
                                            for v in jax.tree.leaves(p[k])))}
 
   # ours: every function compiled ahead of time (lower().compile(): "compile_s"), then timed
-  gen = functools.partial(_generate, model, ddim_steps, 0.0, latent, mel_mean, mel_std)
+  gen = functools.partial(_generate, model, ddim_steps, 0.0, latent, mel_mean, mel_std, "epsilon")
   schedule = audioldm_schedule()
   plan = ddim_plan(schedule, ddim_steps, "leading", steps_offset=1)
 

@@ -18,7 +18,8 @@ the corpus is fixed):
                       (configs/unicue/tiny.py word `aligned`, model.concat_condition)
   oracle_aligned, oracle   a diagnostic: stage 2 conditioned on the true syllable of every frame (an embedding in
                       place of the processor, model.oracle_units), with / without the frame-aligned input: what the
-                      generator learns in the budget from a perfect CSR representation
+                      generator learns in the budget from a perfect CSR representation; oracle_aligned_vpred:
+                      the same trained on the v target (objective.prediction_type, ours)
 A row runs its dependencies first if their releases are missing; finished rows (W/<row>/eval/*.json) are skipped,
 interrupted ones resume from their checkpoints. Each step is a subprocess; --taskset N pins them to one core.
 """
@@ -47,6 +48,7 @@ ROWS = {
     "unicue_aligned": ("v2s,aligned", "v2s", 0, "csr_s0"),
     "single_aligned": ("v2s,single,aligned", "v2s", 0, None),
     "oracle_aligned": ("v2s,oracle,aligned", "v2s", 0, None), "oracle": ("v2s,oracle", "v2s", 0, None),
+    "oracle_aligned_vpred": ("v2s,oracle,aligned,vpred", "v2s", 0, None),
 }
 LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), seed 1",
           "csr_no_pose": "CSR++ (no pose stream)", "csr_no_align": "CSR‡ (no alignment pool)",
@@ -58,7 +60,8 @@ LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), s
           "single_aligned": "single CSV2S + frame-aligned condition (ours)",
           "unicue_aligned_long": "UniCUE + frame-aligned condition (ours), 2,500 steps",
           "oracle_aligned": "oracle: true syllables, frame-aligned + cross-attention (diagnostic)",
-          "oracle": "oracle: true syllables, cross-attention only (diagnostic)"}
+          "oracle": "oracle: true syllables, cross-attention only (diagnostic)",
+          "oracle_aligned_vpred": "oracle, frame-aligned + cross-attention, v-prediction (diagnostic)"}
 
 
 def run(cmd: list[str], log: str, core: int | None):

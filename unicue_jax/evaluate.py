@@ -269,11 +269,11 @@ def condition_use(task, variables, cfg, split: str, n: int, seed: int = 0,
   (eps_mse_shuffled) and with a zero condition (eps_mse_zero). Equal values: the model ignores the video."""
   import jax
   import jax.numpy as jnp
-  from shared.diffusion import audioldm_schedule, q_sample
+  from shared.diffusion import audioldm_schedule, predicted_eps, q_sample
   from unicue_jax import data as data_lib
   from unicue_jax.model import UniCueV2S
-  from unicue_jax.task import _cached, normalize_mel
-  model, schedule = task.model, audioldm_schedule()
+  from unicue_jax.task import _cached, normalize_mel, prediction
+  model, schedule, ptype = task.model, audioldm_schedule(), prediction(cfg)
 
   def mses(v, mel, video, pose_maps, mask, noise, syllables):
     mean, _ = model.apply(v, normalize_mel(mel, cfg.data), method=UniCueV2S.encode_mel)
@@ -286,11 +286,12 @@ def condition_use(task, variables, cfg, split: str, n: int, seed: int = 0,
       errs = []
       for i, t in enumerate(timesteps):
         tt = jnp.full((z0.shape[0],), t, jnp.int32)
-        eps = model.apply(v, q_sample(schedule, z0, noise[i], tt), tt, c, lab, m, method=UniCueV2S.denoise)
+        zt = q_sample(schedule, z0, noise[i], tt)
+        eps = predicted_eps(schedule, model.apply(v, zt, tt, c, lab, m, method=UniCueV2S.denoise), zt, tt, ptype)
         errs.append(jnp.mean(jnp.square(eps - noise[i]), axis=(1, 2, 3)))
       out[name] = jnp.mean(jnp.stack(errs), 0)                                     # [B]
     return out
-  run = _cached(("condition_use", model, timesteps), lambda: jax.jit(mses))
+  run = _cached(("condition_use", model, timesteps, ptype), lambda: jax.jit(mses))
   sums, count = {}, 0
   rng = np.random.default_rng(seed)
   for batch, infos in data_lib.eval_batches(cfg.data, None, split, n, int(cfg.data.eval_batch_size), task.parts):

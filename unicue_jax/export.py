@@ -109,6 +109,7 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
     info["latent_scale"] = float(params["latent_scale"])
     info["sampling"] = {"scheduler": "DDIMScheduler (AudioLDM: 1000 steps, scaled_linear 0.0015..0.0195, "
                                      "leading, steps_offset 1)", "steps": int(cfg.sampling.steps),
+                        "prediction_type": str(cfg.objective.get("prediction_type", "epsilon")),
                         "eta": float(cfg.sampling.eta)}
   with open(os.path.join(out, "release.json"), "w") as f:
     json.dump(info, f, indent=1)

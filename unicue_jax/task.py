@@ -9,7 +9,8 @@
        (0 = no_align: the text encoder is not run and its parameters are frozen). BatchNorm statistics of the
        processor's ResNet update in the train step (model_state). MBart's final_logits_bias stays frozen (a
        buffer in transformers).
-  v2s  stage 2: L_G = E ||ε - M(Z_s^t, Z_mv, t)||² (eq. 3): mel -> (mel - mean) / std -> frozen VAE posterior
+  v2s  stage 2: L_G = E ||ε - M(Z_s^t, Z_mv, t)||² (eq. 3; objective.prediction_type "v_prediction", ours: the
+       target is v, `prediction`): mel -> (mel - mean) / std -> frozen VAE posterior
        sample x latent_scale = Z_s; t ~ U{0..999}; Z_s^t = q_sample (AudioLDM's schedule: 1000 steps, √β linear
        0.0015 -> 0.0195, shared.diffusion.audioldm_schedule); mean squared error over latent elements per example,
        weight = examples. Trainable: adapter, UNet (and the processor in single_v2s); frozen: processor, VAE,
@@ -36,7 +37,7 @@ import optax
 from shared import train as train_lib
 from shared.config import from_section
 from shared.decoding import search
-from shared.diffusion import audioldm_schedule, ddim_plan, ddim_sample, q_sample
+from shared.diffusion import audioldm_schedule, ddim_plan, ddim_sample, q_sample, training_target
 from shared.errors import ConfigError
 from shared.mesh import local_batch_size
 from shared.models import autoencoder_kl as akl
@@ -85,6 +86,7 @@ def check_config(cfg):
                         "path=REL/processor.safetensors and --config.init.processor_frontend.path=REL/processor/"
                         "frontend (python -m unicue_jax.export of a stage-1 workdir), or model.freeze_processor="
                         "False (single_v2s)")
+    prediction(cfg)
     s = cfg.sampling
     if not 1 <= s.steps <= 1000 or s.eta < 0:
       raise ConfigError(f"sampling.steps={s.steps}, sampling.eta={s.eta}: expected 1..1000 steps and eta >= 0")
@@ -196,10 +198,24 @@ def denormalize_mel(x, data):
   return x * float(data.mel_std) + float(data.mel_mean)
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def prediction(cfg) -> str:
+  """objective.prediction_type: "epsilon" (AudioLDM's and the paper's) or "v_prediction" (ours: v = √ᾱ ε - √(1-ᾱ)
+  x0, which weights the clean-signal error by 1 + SNR instead of SNR, so high-noise steps, where only the
+  condition tells the content, count)."""
+  p = cfg.objective.get("prediction_type", "epsilon")
+  if p not in PREDICTION_TYPES:
+    raise ConfigError(f"objective.prediction_type={p!r}: expected one of {PREDICTION_TYPES}")
+  return p
+
+
 def v2s_loss_fn(model: UniCueV2S, cfg):
   schedule = audioldm_schedule()
   n_steps = schedule.num_train_timesteps
   frozen_proc = model.config.freeze_processor
+  prediction_type = prediction(cfg)
 
   def loss_fn(params, batch, rng, model_state):
     r_z, r_t, r_n = jax.random.split(rng, 3)
@@ -217,7 +233,8 @@ def v2s_loss_fn(model: UniCueV2S, cfg):
     else:
       eps, new_state = model.apply(variables, zt, t, batch["video"], batch["pose_maps"], batch["video_mask"],
                                    syllables=batch.get("syllables"), mutable=list(model_state), **kw)
-    per_ex = jnp.mean(jnp.square(eps - noise), axis=(1, 2, 3))
+    target = training_target(schedule, z0, noise, t, prediction_type)
+    per_ex = jnp.mean(jnp.square(eps - target), axis=(1, 2, 3))
     return jnp.sum(per_ex), {"weight": jnp.asarray(b, jnp.float32), "latent_std": jnp.std(z0)}, new_state
 
   return loss_fn
@@ -232,7 +249,8 @@ class Generator:
     m = data_lib.mel_frames(cfg.data)
     f = 2 ** (len(model.config.vae.block_out_channels) - 1)
     self.latent = (m // f, 64 // f, model.config.vae.latent_channels)
-    static = (int(s.steps), float(s.eta), self.latent, float(cfg.data.mel_mean), float(cfg.data.mel_std))
+    static = (int(s.steps), float(s.eta), self.latent, float(cfg.data.mel_mean), float(cfg.data.mel_std),
+              prediction(cfg))
     self._run = _cached(("generate", model) + static, lambda: functools.partial(_generate, model, *static))
 
   def generate(self, variables, batch, seed: int = 0) -> np.ndarray:
@@ -242,8 +260,8 @@ class Generator:
                                                jax.random.key(seed), None if syl is None else jnp.asarray(syl))))
 
 
-def _generate(model: UniCueV2S, steps: int, eta: float, latent: tuple, mel_mean: float, mel_std: float, variables,
-              video, pose_maps, mask, rng, syllables=None):
+def _generate(model: UniCueV2S, steps: int, eta: float, latent: tuple, mel_mean: float, mel_std: float,
+              prediction_type: str, variables, video, pose_maps, mask, rng, syllables=None):
   """DDIM from N(0, I) latents [B, *latent] -> raw log-mel [B, M, 64]. syllables: the oracle's input."""
   schedule = audioldm_schedule()
   plan = ddim_plan(schedule, steps, "leading", steps_offset=1)
@@ -254,7 +272,7 @@ def _generate(model: UniCueV2S, steps: int, eta: float, latent: tuple, mel_mean:
   def fn(x, t):
     return model.apply(variables, x, t, ctx, labels, mask, method=UniCueV2S.denoise)
 
-  z = ddim_sample(fn, x, schedule, plan, eta=eta, rng=r1 if eta > 0 else None)
+  z = ddim_sample(fn, x, schedule, plan, eta=eta, rng=r1 if eta > 0 else None, prediction_type=prediction_type)
   return model.apply(variables, z, method=UniCueV2S.decode_latents) * mel_std + mel_mean
 
 

@@ -9,7 +9,8 @@
             UNet input as 16 frame-aligned channels, model.concat_condition) | lips_only / hand_only (SynthCue
             inputs keep one half of cued speech: data.cues, see unicue_jax/data.py) | oracle (a diagnostic, not
             the paper's: stage 2 conditioned on the true syllable of every frame instead of the processor,
-            model.oracle_units; needs no csr= release)
+            model.oracle_units; needs no csr= release) | vpred (ours: stage 2 trains on the v target,
+            objective.prediction_type)
   paths     csr=REL (a stage-1 release: python -m unicue_jax.export; fills init.processor and
             init.processor_frontend) and vae=REL (a 'vae' release: fills init.vae)
 e.g.  --config configs/unicue/tiny.py                                   (stage 1)
@@ -35,7 +36,7 @@ from shared.weights.init import init_entry
 from unicue_jax.model import UniCueConfig
 
 STAGES = ("csr", "vae", "v2s")
-ABLATIONS = ("no_pose", "no_align", "no_adapter", "single", "aligned", "lips_only", "hand_only", "oracle")
+ABLATIONS = ("no_pose", "no_align", "no_adapter", "single", "aligned", "lips_only", "hand_only", "oracle", "vpred")
 
 
 def parse_arg(arg: str) -> tuple[str, set, dict]:
@@ -112,8 +113,10 @@ def get_config(arg: str = ""):
   c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, align="contrastive", align_temperature=0.07))
   c.decode = ml_collections.ConfigDict(dict(beam=1, length_penalty=1.0))
   # vae: kl_weight; v2s: the VAE / processor init checks and scale_by_std clips
+  # prediction_type: "epsilon" (AudioLDM's, the paper's) | "v_prediction" (ours; word `vpred`): see unicue_jax/task.py
   c.objective = ml_collections.ConfigDict(dict(kl_weight=1e-4, require_vae_init=True, require_processor_init=True,
-                                               scale_clips=64))
+                                               scale_clips=64,
+                                               prediction_type="v_prediction" if "vpred" in ablations else "epsilon"))
   c.sampling = ml_collections.ConfigDict(dict(steps=25, eta=0.0, score_clips=32, template_clips=200))
   c.init = ml_collections.ConfigDict()
   if stage == "vae":

@@ -19,7 +19,7 @@ Typical UniTalking sampling, inside jit:
 from __future__ import annotations
 
 from shared.diffusion.ddpm import (NoiseSchedule, audioldm_schedule, ddim_step, ddpm_step,
-                                   inference_timesteps, make_schedule, q_sample,
+                                   inference_timesteps, make_schedule, predicted_eps, q_sample,
                                    sample_train_timesteps, training_target)
 from shared.diffusion.flow_matching import (flow_matching_inputs, flow_matching_loss, interpolate,
                                             per_token_sigma, sample_sigma, shift_sigma,
@@ -31,7 +31,7 @@ from shared.diffusion.samplers import (DiscretePlan, EulerPlan, UniPCPlan, ddim_
 
 __all__ = [
     "NoiseSchedule", "audioldm_schedule", "ddim_step", "ddpm_step", "inference_timesteps",
-    "make_schedule", "q_sample", "sample_train_timesteps", "training_target",
+    "make_schedule", "predicted_eps", "q_sample", "sample_train_timesteps", "training_target",
     "flow_matching_inputs", "flow_matching_loss", "interpolate", "per_token_sigma",
     "sample_sigma", "shift_sigma", "sigma_to_timestep", "velocity_target", "weighted_mse",
     "apply_dropout", "cfg", "cfg_combine", "dropout_masks", "guided",

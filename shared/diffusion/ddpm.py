@@ -125,6 +125,14 @@ def _pred_x0_eps(model_output, sample, acp_t, prediction_type):
   return x0, eps
 
 
+def predicted_eps(schedule: NoiseSchedule, model_output: Array, sample: Array, t: Array,
+                  prediction_type: str = "epsilon") -> Array:
+  """The ε a model output implies at x_t = sample, timestep t int [B] (any prediction_type), e.g. to compare ε
+  errors of models trained on different targets."""
+  acp = _bcast(jnp.asarray(schedule.alphas_cumprod)[t], sample.ndim)
+  return _pred_x0_eps(model_output.astype(jnp.float32), sample.astype(jnp.float32), acp, prediction_type)[1]
+
+
 def ddpm_step(schedule: NoiseSchedule, model_output: Array, t: Array, prev_t: Array,
               sample: Array, noise: Array | None = None, *, prediction_type: str = "epsilon",
               clip_sample: bool = False, clip_sample_range: float = 1.0,

@@ -32,6 +32,18 @@ def test_schedule_and_q_sample_equal_diffusers(cfg):
   np.testing.assert_array_equal(np.asarray(ddpm.training_target(ours, x0, eps, t)), eps)
 
 
+@pytest.mark.parametrize("ptype", ["epsilon", "sample", "v_prediction"])
+def test_predicted_eps_inverts_each_target(ptype):
+  """A model output equal to the training target of (x0, ε) implies ε back at x_t, for every target."""
+  s = ddpm.audioldm_schedule()
+  r = np.random.RandomState(1)
+  x0, eps = r.randn(4, 3, 5).astype(np.float32), r.randn(4, 3, 5).astype(np.float32)
+  t = np.array([0, 250, 700, 999])
+  xt = ddpm.q_sample(s, x0, eps, t)
+  out = ddpm.training_target(s, x0, eps, t, ptype)
+  np.testing.assert_allclose(np.asarray(ddpm.predicted_eps(s, out, xt, t, ptype)), eps, atol=2e-4)
+
+
 def test_audioldm_preset():
   s = ddpm.audioldm_schedule()
   assert s.num_train_timesteps == 1000

@@ -289,8 +289,10 @@ def test_stage2_reads_both_releases_frozen_and_generates(stage1, vae, stage2, tm
 
 def test_stage2_oracle_conditions_on_the_true_syllables(vae, tmp_path):
   """The diagnostic oracle (tiny.py word `oracle`): SynthCue's per-frame syllable ids, an embedding in place of the
-  processor (no stage-1 release), gradients reach it, and generation reads the ids."""
-  cfg = micro(f"v2s,oracle,vae={vae[3]}")
+  processor (no stage-1 release), gradients reach it, and generation reads the ids; trained on the v target
+  (word `vpred`), which the sampler and condition_use read."""
+  cfg = micro(f"v2s,oracle,vpred,vae={vae[3]}")
+  assert cfg.objective.prediction_type == "v_prediction"
   cfg.trainer.total_steps = cfg.trainer.checkpoint.every_steps = 2
   task = make_task(cfg)
   assert "syllables" in task.parts and task.model_config.oracle_units == 397
@@ -322,6 +324,9 @@ def test_stage2_oracle_conditions_on_the_true_syllables(vae, tmp_path):
   assert np.isfinite(gen).all() and np.abs(gen - gen0).max() > 1e-6
   with pytest.raises(ConfigError, match="syllables"):
     task.generator.generate(v, {k: x for k, x in batch.items() if k != "syllables"})
+  from unicue_jax.evaluate import condition_use
+  use = condition_use(task, v, cfg, "test", 4)
+  assert np.isfinite(list(use.values())).all() and use["eps_mse_zero"] != use["eps_mse"], use
 
 
 def test_paper_config_builds_abstractly(tmp_path):
