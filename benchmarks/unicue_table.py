@@ -61,7 +61,8 @@ LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), s
           "unicue_aligned_long": "UniCUE + frame-aligned condition (ours), 2,500 steps",
           "oracle_aligned": "oracle: true syllables, frame-aligned + cross-attention (diagnostic)",
           "oracle": "oracle: true syllables, cross-attention only (diagnostic)",
-          "oracle_aligned_vpred": "oracle, frame-aligned + cross-attention, v-prediction (diagnostic)"}
+          "oracle_aligned_vpred": "oracle, frame-aligned + cross-attention, v-prediction (diagnostic)",
+          "oracle_aligned_vpred_long": "oracle, frame-aligned + cross-attention, v-prediction, 2,000 steps"}
 
 
 def run(cmd: list[str], log: str, core: int | None):
