@@ -67,7 +67,7 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
   from shared.models.mbart import MBart
   from shared.models.unet2d import UNet2DCondition
   from shared.weights import save_pretrained
-  from unicue_jax.task import make_task
+  from unicue_jax.task import make_task, prediction
   r = restore(workdir, step)
   cfg = r.config
   task = make_task(cfg)
@@ -109,7 +109,7 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
     info["latent_scale"] = float(params["latent_scale"])
     info["sampling"] = {"scheduler": "DDIMScheduler (AudioLDM: 1000 steps, scaled_linear 0.0015..0.0195, "
                                      "leading, steps_offset 1)", "steps": int(cfg.sampling.steps),
-                        "prediction_type": str(cfg.objective.get("prediction_type", "epsilon")),
+                        "prediction_type": prediction(cfg),
                         "eta": float(cfg.sampling.eta)}
   with open(os.path.join(out, "release.json"), "w") as f:
     json.dump(info, f, indent=1)

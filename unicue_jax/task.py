@@ -228,13 +228,13 @@ def v2s_loss_fn(model: UniCueV2S, cfg):
     zt = q_sample(schedule, z0, noise, t)
     kw = dict(train=True)
     if frozen_proc:
-      eps, new_state = model.apply(variables, zt, t, batch["video"], batch["pose_maps"], batch["video_mask"],
-                                   syllables=batch.get("syllables"), **kw), model_state
+      pred, new_state = model.apply(variables, zt, t, batch["video"], batch["pose_maps"], batch["video_mask"],
+                                    syllables=batch.get("syllables"), **kw), model_state
     else:
-      eps, new_state = model.apply(variables, zt, t, batch["video"], batch["pose_maps"], batch["video_mask"],
-                                   syllables=batch.get("syllables"), mutable=list(model_state), **kw)
-    target = training_target(schedule, z0, noise, t, prediction_type)
-    per_ex = jnp.mean(jnp.square(eps - target), axis=(1, 2, 3))
+      pred, new_state = model.apply(variables, zt, t, batch["video"], batch["pose_maps"], batch["video_mask"],
+                                    syllables=batch.get("syllables"), mutable=list(model_state), **kw)
+    target = training_target(schedule, z0, noise, t, prediction_type)           # ε, or v with vpred
+    per_ex = jnp.mean(jnp.square(pred - target), axis=(1, 2, 3))
     return jnp.sum(per_ex), {"weight": jnp.asarray(b, jnp.float32), "latent_std": jnp.std(z0)}, new_state
 
   return loss_fn
