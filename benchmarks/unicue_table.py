@@ -20,6 +20,9 @@ the corpus is fixed):
                       place of the processor, model.oracle_units), with / without the frame-aligned input: what the
                       generator learns in the budget from a perfect CSR representation; oracle_aligned_vpred:
                       the same trained on the v target (objective.prediction_type, ours)
+  unicue_vpred_s0/_s1, single_vpred_s0/_s1   UniCUE / single CSV2S with the frame-aligned input and the v target
+                      (words `aligned,vpred`), 2,000 stage-2 steps (ROW_STEPS); unicue_ft_vpred_s0: the same
+                      UniCUE row with the stage-1 processor trained on in stage 2 (word `finetune`)
 A row runs its dependencies first if their releases are missing; finished rows (W/<row>/eval/*.json) are skipped,
 interrupted ones resume from their checkpoints. Each step is a subprocess; --taskset N pins them to one core.
 """
@@ -49,7 +52,15 @@ ROWS = {
     "single_aligned": ("v2s,single,aligned", "v2s", 0, None),
     "oracle_aligned": ("v2s,oracle,aligned", "v2s", 0, None), "oracle": ("v2s,oracle", "v2s", 0, None),
     "oracle_aligned_vpred": ("v2s,oracle,aligned,vpred", "v2s", 0, None),
+    "unicue_vpred_s0": ("v2s,aligned,vpred", "v2s", 0, "csr_s0"),
+    "unicue_vpred_s1": ("v2s,aligned,vpred", "v2s", 1, "csr_s1"),
+    "single_vpred_s0": ("v2s,single,aligned,vpred", "v2s", 0, None),
+    "single_vpred_s1": ("v2s,single,aligned,vpred", "v2s", 1, None),
+    "unicue_ft_vpred_s0": ("v2s,aligned,vpred,finetune", "v2s", 0, "csr_s0"),
 }
+# rows trained longer than their stage's budget (the v-prediction rows: the oracle showed content arriving by 2,000)
+ROW_STEPS = {"unicue_vpred_s0": 2000, "unicue_vpred_s1": 2000, "single_vpred_s0": 2000, "single_vpred_s1": 2000,
+             "unicue_ft_vpred_s0": 2000}
 LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), seed 1",
           "csr_no_pose": "CSR++ (no pose stream)", "csr_no_align": "CSR‡ (no alignment pool)",
           "csr_lips": "lips alone", "csr_hand": "hand alone", "vae": "mel VAE round trip",
@@ -62,7 +73,12 @@ LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), s
           "oracle_aligned": "oracle: true syllables, frame-aligned + cross-attention (diagnostic)",
           "oracle": "oracle: true syllables, cross-attention only (diagnostic)",
           "oracle_aligned_vpred": "oracle, frame-aligned + cross-attention, v-prediction (diagnostic)",
-          "oracle_aligned_vpred_long": "oracle, frame-aligned + cross-attention, v-prediction, 2,000 steps"}
+          "oracle_aligned_vpred_long": "oracle, frame-aligned + cross-attention, v-prediction, 2,000 steps",
+          "unicue_vpred_s0": "UniCUE + frame-aligned, v-prediction (ours), seed 0",
+          "unicue_vpred_s1": "UniCUE + frame-aligned, v-prediction (ours), seed 1",
+          "single_vpred_s0": "single CSV2S + frame-aligned, v-prediction (ours), seed 0",
+          "single_vpred_s1": "single CSV2S + frame-aligned, v-prediction (ours), seed 1",
+          "unicue_ft_vpred_s0": "UniCUE, processor fine-tuned in stage 2, + frame-aligned, v-prediction (ours)"}
 
 
 def run(cmd: list[str], log: str, core: int | None):
@@ -76,7 +92,9 @@ def run(cmd: list[str], log: str, core: int | None):
 
 
 def evals(out: str, row: str) -> list[dict]:
-  return [json.load(open(p)) for p in sorted(glob.glob(f"{out}/{row}/eval/*.json"))]
+  """The test-split evaluations of a row (DIR/eval/<step>.json), by step."""
+  paths = [p for p in glob.glob(f"{out}/{row}/eval/*.json") if os.path.basename(p)[:-5].isdigit()]
+  return [json.load(open(p)) for p in sorted(paths, key=lambda p: int(os.path.basename(p)[:-5]))]
 
 
 def do_row(out: str, row: str, core: int | None):
@@ -93,7 +111,7 @@ def do_row(out: str, row: str, core: int | None):
   cfg = "configs/unicue/tiny.py" + (f":{arg}" if arg else "")
   wd, log = f"{out}/{row}", f"{out}/{row}.log"
   run([py, "-m", "unicue_jax.train", "--config", cfg, "--workdir", wd,
-       f"--config.trainer.total_steps={STEPS[stage]}", f"--config.trainer.seed={seed}"], log, core)
+       f"--config.trainer.total_steps={ROW_STEPS.get(row, STEPS[stage])}", f"--config.trainer.seed={seed}"], log, core)
   if stage in ("csr", "vae"):
     run([py, "-m", "unicue_jax.export", "--workdir", wd, "--out", f"{out}/{row}_rel"], log, core)
   run([py, "-m", "unicue_jax.evaluate", "--workdir", wd, "--split", "test", "--n", "64"]

@@ -1,7 +1,8 @@
 """`python -m unicue_jax.evaluate --workdir DIR [--split test] [--n 64] [--step S] [--seed 0] [--stoi]`
 
 Scores a checkpoint of any stage on the first n usable clips of a split (SynthCue `test` = held-out cuers) and
-prints ONE JSON line, also written to DIR/eval/<step>.json (+ <step>_<split>_*.txt with the per-clip outputs):
+prints ONE JSON line, also written to DIR/eval/<step>.json (a split other than test: <step>_<split>.json; +
+<step>_<split>_*.txt with the per-clip outputs):
 
   csr  cer (data.tokens "chars": character error rate, spaces stripped, corpus-summed; the paper's "WER" on
        Chinese) or ser ("syllables": syllable error rate) of the decoded transcripts (greedy / beam: config decode)
@@ -359,7 +360,9 @@ def evaluate(workdir: str, *, split: str = "test", n: int = 64, step: int | None
 def main():
   f = cli.FLAGS
   step, metrics = evaluate(f.workdir, split=f.split, n=f.n, step=f.step, seed=f.seed, with_stoi=f.stoi, tts=f.tts)
-  cli.write_eval(f.workdir, step, metrics, split=f.split, n_requested=f.n)
+  # the test split keeps DIR/eval/<step>.json; another split goes to <step>_<split>.json, so it overwrites nothing
+  cli.write_eval(f.workdir, step, metrics, name="" if f.split == "test" else f.split, split=f.split,
+                 n_requested=f.n)
 
 
 if __name__ == "__main__":

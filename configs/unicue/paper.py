@@ -1,5 +1,5 @@
 """UniCUE at paper size (sec. 4.2; SPECS § UniCUE) on the Chinese cued-speech CSV layout. Words as in tiny.py
-(stage csr | vae | v2s, ablations no_pose / no_align / no_adapter / single, csr=REL / vae=REL).
+(stage csr | vae | v2s, ablations no_pose / no_align / no_adapter / single / finetune / aligned / vpred, csr=REL / vae=REL).
 
   processor  per-frame ResNet-18 (torchvision layout, relu, 3-channel 256 x 256 frames and pose maps) -> temporal
              conv k 5 -> 6-layer 1024-d Transformer (16 heads, FFN 4096; the paper gives no depth: our choice)
@@ -64,7 +64,7 @@ def get_config(arg: str = ""):
                 class_embeddings_concat=True, dtype=dt, remat_policy=t.get_ref("remat")),
       align_weight=0.0 if "no_align" in ablations else 1.0,
       latent_scale=0.0,
-      freeze_processor="single" not in ablations,
+      freeze_processor=not {"single", "finetune"} & ablations,
       time_channels=0, concat_condition=16 if "aligned" in ablations else 0)   # AudioLDM's conv_in as released
   c.decode.update(dict(beam=5, length_penalty=1.0))
   c.sampling.update(dict(steps=50, score_clips=64))

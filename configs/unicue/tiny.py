@@ -10,7 +10,8 @@
             inputs keep one half of cued speech: data.cues, see unicue_jax/data.py) | oracle (a diagnostic, not
             the paper's: stage 2 conditioned on the true syllable of every frame instead of the processor,
             model.oracle_units; needs no csr= release) | vpred (ours: stage 2 trains on the v target,
-            objective.prediction_type)
+            objective.prediction_type) | finetune (ours: the processor starts from the csr= release and trains in
+            stage 2, model.freeze_processor=False; the paper's text does not say whether stage 2 freezes it)
   paths     csr=REL (a stage-1 release: python -m unicue_jax.export; fills init.processor and
             init.processor_frontend) and vae=REL (a 'vae' release: fills init.vae)
 e.g.  --config configs/unicue/tiny.py                                   (stage 1)
@@ -36,7 +37,8 @@ from shared.weights.init import init_entry
 from unicue_jax.model import UniCueConfig
 
 STAGES = ("csr", "vae", "v2s")
-ABLATIONS = ("no_pose", "no_align", "no_adapter", "single", "aligned", "lips_only", "hand_only", "oracle", "vpred")
+ABLATIONS = ("no_pose", "no_align", "no_adapter", "single", "aligned", "lips_only", "hand_only", "oracle", "vpred",
+             "finetune")
 
 
 def parse_arg(arg: str) -> tuple[str, set, dict]:
@@ -98,7 +100,7 @@ def get_config(arg: str = ""):
                 cross_attention_dim=64, dtype=dt, remat_policy=t.get_ref("remat")),
       align_weight=0.0 if "no_align" in ablations else 1.0,
       latent_scale=0.0,
-      freeze_processor="single" not in ablations,
+      freeze_processor=not {"single", "finetune"} & ablations,
       # the UNet input: 4 latent channels + 8 sinusoids of the latent frame (AudioLDM's UNet has no position code:
       # without them cross-attention could not align syllables with frames, see unicue_jax/model.py)
       time_channels=8, concat_condition=16 if "aligned" in ablations else 0,

@@ -157,6 +157,10 @@ def test_config_checks():
   cfg.model.processor.dim = 48
   with pytest.raises(ConfigError, match="d_model"):
     make_task(cfg)
+  # `finetune`: the processor still starts from the stage-1 release, but trains in stage 2
+  ft, frozen = get_config("v2s,finetune,csr=REL"), get_config("v2s,csr=REL")
+  assert (ft.model.freeze_processor, frozen.model.freeze_processor) == (False, True)
+  assert ft.init.processor.path == frozen.init.processor.path == "REL/processor.safetensors"
 
 
 # ----------------------------------------------------------------------------------------------- the chain
