@@ -19,7 +19,6 @@
  --config.data.units=/data/cs/units.txt` (stage 1); `:v2s,csr=REL1` plus --config.init.vae.path=AudioLDM/vae and
 --config.init.unet.path=AudioLDM/unet (stage 2).
 """
-import ml_collections
 
 from configs.unicue.tiny import get_config as tiny_config
 from configs.unicue.tiny import parse_arg
