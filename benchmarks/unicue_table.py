@@ -22,7 +22,9 @@ the corpus is fixed):
                       the same trained on the v target (objective.prediction_type, ours)
   unicue_vpred_s0/_s1, single_vpred_s0/_s1   UniCUE / single CSV2S with the frame-aligned input and the v target
                       (words `aligned,vpred`), 2,000 stage-2 steps (ROW_STEPS); unicue_ft_vpred_s0: the same
-                      UniCUE row with the stage-1 processor trained on in stage 2 (word `finetune`)
+                      UniCUE row with the stage-1 processor trained on in stage 2 (word `finetune`);
+  unicue_ft_vpred_s1, unicue_ft_no_pose, unicue_ft_no_align, unicue_ft_no_adapter   Table 3 on that path: the
+                      seed-1 twin and the three ablations (each reads its own CSR row), 2,000 stage-2 steps
 A row runs its dependencies first if their releases are missing; finished rows (W/<row>/eval/*.json) are skipped,
 interrupted ones resume from their checkpoints. Each step is a subprocess; --taskset N pins them to one core.
 """
@@ -57,10 +59,15 @@ ROWS = {
     "single_vpred_s0": ("v2s,single,aligned,vpred", "v2s", 0, None),
     "single_vpred_s1": ("v2s,single,aligned,vpred", "v2s", 1, None),
     "unicue_ft_vpred_s0": ("v2s,aligned,vpred,finetune", "v2s", 0, "csr_s0"),
+    "unicue_ft_vpred_s1": ("v2s,aligned,vpred,finetune", "v2s", 1, "csr_s1"),
+    "unicue_ft_no_pose": ("v2s,aligned,vpred,finetune,no_pose", "v2s", 0, "csr_no_pose"),
+    "unicue_ft_no_align": ("v2s,aligned,vpred,finetune,no_align", "v2s", 0, "csr_no_align"),
+    "unicue_ft_no_adapter": ("v2s,aligned,vpred,finetune,no_adapter", "v2s", 0, "csr_s0"),
 }
 # rows trained longer than their stage's budget (the v-prediction rows: the oracle showed content arriving by 2,000)
-ROW_STEPS = {"unicue_vpred_s0": 2000, "unicue_vpred_s1": 2000, "single_vpred_s0": 2000, "single_vpred_s1": 2000,
-             "unicue_ft_vpred_s0": 2000}
+ROW_STEPS = {r: 2000 for r in ("unicue_vpred_s0", "unicue_vpred_s1", "single_vpred_s0", "single_vpred_s1",
+                                "unicue_ft_vpred_s0", "unicue_ft_vpred_s1", "unicue_ft_no_pose", "unicue_ft_no_align",
+                                "unicue_ft_no_adapter")}
 LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), seed 1",
           "csr_no_pose": "CSR++ (no pose stream)", "csr_no_align": "CSR‡ (no alignment pool)",
           "csr_lips": "lips alone", "csr_hand": "hand alone", "vae": "mel VAE round trip",
@@ -78,7 +85,11 @@ LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), s
           "unicue_vpred_s1": "UniCUE + frame-aligned, v-prediction (ours), seed 1",
           "single_vpred_s0": "single CSV2S + frame-aligned, v-prediction (ours), seed 0",
           "single_vpred_s1": "single CSV2S + frame-aligned, v-prediction (ours), seed 1",
-          "unicue_ft_vpred_s0": "UniCUE, processor fine-tuned in stage 2, + frame-aligned, v-prediction (ours)"}
+          "unicue_ft_vpred_s0": "UniCUE, processor fine-tuned in stage 2, + frame-aligned, v-prediction (ours), seed 0",
+          "unicue_ft_vpred_s1": "UniCUE, processor fine-tuned in stage 2, + frame-aligned, v-prediction (ours), seed 1",
+          "unicue_ft_no_pose": "UniCUE++ (no pose stream), fine-tuned, frame-aligned, v-prediction",
+          "unicue_ft_no_align": "UniCUE‡ (no alignment pool), fine-tuned, frame-aligned, v-prediction",
+          "unicue_ft_no_adapter": "UniCUE* (no VPA adapter), fine-tuned, frame-aligned, v-prediction"}
 
 
 def run(cmd: list[str], log: str, core: int | None):
