@@ -24,7 +24,8 @@ the corpus is fixed):
                       (words `aligned,vpred`), 2,000 stage-2 steps (ROW_STEPS); unicue_ft_vpred_s0: the same
                       UniCUE row with the stage-1 processor trained on in stage 2 (word `finetune`);
   unicue_ft_vpred_s1, unicue_ft_no_pose, unicue_ft_no_align, unicue_ft_no_adapter   Table 3 on that path: the
-                      seed-1 twin and the three ablations (each reads its own CSR row), 2,000 stage-2 steps
+                      seed-1 twin and the three ablations (each reads its own CSR row; unicue_ft_no_adapter_s1: the
+                      adapter ablation's seed 1, reads csr_s1), 2,000 stage-2 steps
 A row runs its dependencies first if their releases are missing; finished rows (W/<row>/eval/*.json) are skipped,
 interrupted ones resume from their checkpoints. Each step is a subprocess; --taskset N pins them to one core.
 """
@@ -63,11 +64,12 @@ ROWS = {
     "unicue_ft_no_pose": ("v2s,aligned,vpred,finetune,no_pose", "v2s", 0, "csr_no_pose"),
     "unicue_ft_no_align": ("v2s,aligned,vpred,finetune,no_align", "v2s", 0, "csr_no_align"),
     "unicue_ft_no_adapter": ("v2s,aligned,vpred,finetune,no_adapter", "v2s", 0, "csr_s0"),
+    "unicue_ft_no_adapter_s1": ("v2s,aligned,vpred,finetune,no_adapter", "v2s", 1, "csr_s1"),
 }
 # rows trained longer than their stage's budget (the v-prediction rows: the oracle showed content arriving by 2,000)
 ROW_STEPS = {r: 2000 for r in ("unicue_vpred_s0", "unicue_vpred_s1", "single_vpred_s0", "single_vpred_s1",
                                 "unicue_ft_vpred_s0", "unicue_ft_vpred_s1", "unicue_ft_no_pose", "unicue_ft_no_align",
-                                "unicue_ft_no_adapter")}
+                                "unicue_ft_no_adapter", "unicue_ft_no_adapter_s1")}
 LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), seed 1",
           "csr_no_pose": "CSR++ (no pose stream)", "csr_no_align": "CSR‡ (no alignment pool)",
           "csr_lips": "lips alone", "csr_hand": "hand alone", "vae": "mel VAE round trip",
@@ -89,7 +91,8 @@ LABELS = {"csr_s0": "CSR (lips + hand), seed 0", "csr_s1": "CSR (lips + hand), s
           "unicue_ft_vpred_s1": "UniCUE, processor fine-tuned in stage 2, + frame-aligned, v-prediction (ours), seed 1",
           "unicue_ft_no_pose": "UniCUE++ (no pose stream), fine-tuned, frame-aligned, v-prediction",
           "unicue_ft_no_align": "UniCUE‡ (no alignment pool), fine-tuned, frame-aligned, v-prediction",
-          "unicue_ft_no_adapter": "UniCUE* (no VPA adapter), fine-tuned, frame-aligned, v-prediction"}
+          "unicue_ft_no_adapter": "UniCUE* (no VPA adapter), fine-tuned, frame-aligned, v-prediction",
+          "unicue_ft_no_adapter_s1": "UniCUE* (no VPA adapter), fine-tuned, frame-aligned, v-prediction, seed 1"}
 
 
 def run(cmd: list[str], log: str, core: int | None):
